@@ -1,0 +1,46 @@
+//! The `signaling-server` binary: flags → [`Config`] → bind → serve → exit code.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use signaling_server::config::{self, Action, Config};
+use signaling_server::transport::Server;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let config: Config = match config::parse_args(std::env::args_os().skip(1)) {
+        Ok(Action::Run(config)) => *config,
+        Ok(Action::Help) => {
+            print!("{}", config::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Version) => {
+            println!("signaling-server {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("signaling-server: {message}\nTry --help.");
+            return ExitCode::from(2);
+        }
+    };
+    let listen = config.listen;
+    let server = match Server::bind(config) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("signaling-server: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Scripts and tests read this line to learn the port, whatever the log level.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "listening on {}", server.local_addr());
+    let _ = stdout.flush();
+    drop(stdout);
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("signaling-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

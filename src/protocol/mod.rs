@@ -1,0 +1,11 @@
+//! The wire format: bytes to [`Request`] and server messages to bytes. No I/O and no state.
+//!
+//! The JSON codec knows nothing of clients or sessions; the signaling core decides what to
+//! send and calls the encoders here to write it.
+
+pub mod encode;
+mod error_code;
+mod parse;
+
+pub use error_code::ErrorCode;
+pub use parse::{Command, CommandKind, MAX_ID_BYTES, Parser, Relay, Request};

@@ -1,0 +1,93 @@
+//! The core's only way out: it addresses messages to connection handles and the caller
+//! (the event loop, or a test) decides what delivering means.
+
+use std::collections::{HashMap, HashSet};
+
+/// A handle for one connection, given by the transport. The generation makes a reused slot
+/// a different id, so a message meant for a departed client can never reach its successor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    index: u32,
+    generation: u32,
+}
+
+impl ConnId {
+    pub fn new(index: u32, generation: u32) -> Self {
+        ConnId { index, generation }
+    }
+
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
+}
+
+/// Whether a message was accepted for delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Queued,
+    /// The connection is already closing (its close has been decided but not yet reported to
+    /// the core with `disconnect`); nothing more will reach it.
+    Closing,
+}
+
+/// Where the core's messages go. Each message is one complete JSON text.
+pub trait Outbox {
+    fn send(&mut self, to: ConnId, message: &[u8]) -> Delivery;
+
+    /// Queues the current client list for `to`, unless a list sent earlier is still waiting
+    /// to be written there: then it returns `false` and the core offers the newest list
+    /// again later. That keeps at most one unsent `clu` per client.
+    fn send_client_list(&mut self, to: ConnId, list: &[u8]) -> bool;
+}
+
+/// An [`Outbox`] that keeps everything in memory: for tests and benches.
+#[derive(Debug, Default)]
+pub struct MemoryOutbox {
+    /// Every message queued, in order, as text.
+    pub sent: Vec<(ConnId, String)>,
+    /// Connections that answer [`Delivery::Closing`].
+    pub closing: HashSet<ConnId>,
+    /// Connections whose last client list is "still unsent": `send_client_list` refuses.
+    pub list_unsent: HashSet<ConnId>,
+    /// How many client lists each connection has been given.
+    pub lists_given: HashMap<ConnId, usize>,
+}
+
+impl MemoryOutbox {
+    /// Removes and returns everything queued so far.
+    pub fn take(&mut self) -> Vec<(ConnId, String)> {
+        std::mem::take(&mut self.sent)
+    }
+
+    /// Removes and returns what was queued for `to`, leaving the rest.
+    pub fn take_for(&mut self, to: ConnId) -> Vec<String> {
+        let (mine, rest) = std::mem::take(&mut self.sent).into_iter().partition(|(c, _)| *c == to);
+        self.sent = rest;
+        mine.into_iter().map(|(_, text)| text).collect()
+    }
+}
+
+impl Outbox for MemoryOutbox {
+    fn send(&mut self, to: ConnId, message: &[u8]) -> Delivery {
+        if self.closing.contains(&to) {
+            return Delivery::Closing;
+        }
+        self.sent.push((to, String::from_utf8_lossy(message).into_owned()));
+        Delivery::Queued
+    }
+
+    fn send_client_list(&mut self, to: ConnId, list: &[u8]) -> bool {
+        if self.list_unsent.contains(&to) {
+            return false;
+        }
+        if !self.closing.contains(&to) {
+            self.sent.push((to, String::from_utf8_lossy(list).into_owned()));
+            *self.lists_given.entry(to).or_default() += 1;
+        }
+        true
+    }
+}

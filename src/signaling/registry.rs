@@ -1,0 +1,112 @@
+//! Registered clients: by connection, by sId, and in registration order (the order `clu`
+//! lists them in).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
+
+use super::ConnId;
+use super::sessions::SessionKey;
+use crate::protocol::encode;
+
+pub(crate) struct Client {
+    generation: u32,
+    pub sid: Box<str>,
+    /// The sId as a JSON string literal, escaped once here instead of in every message.
+    pub sid_json: Box<str>,
+    order: u64,
+    pub session: Option<SessionKey>,
+    /// The client-list version this client was last given.
+    pub list_seen: u64,
+}
+
+impl Client {
+    /// PROTOCOL.md's client state: 1 WAIT, 2 CALLING.
+    pub fn state(&self) -> u8 {
+        if self.session.is_some() { 2 } else { 1 }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    /// Indexed by [`ConnId::index`]; the transport's slab keeps indexes dense.
+    slots: Vec<Option<Client>>,
+    // SipHash (std's default) on purpose: sIds are chosen by clients.
+    by_sid: HashMap<Box<str>, ConnId>,
+    order: BTreeMap<u64, ConnId>,
+    next_order: u64,
+}
+
+impl Registry {
+    pub fn len(&self) -> usize {
+        self.by_sid.len()
+    }
+
+    pub fn get(&self, conn: ConnId) -> Option<&Client> {
+        self.slots.get(conn.index())?.as_ref().filter(|client| client.generation == conn.generation())
+    }
+
+    pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut Client> {
+        self.slots.get_mut(conn.index())?.as_mut().filter(|client| client.generation == conn.generation())
+    }
+
+    pub fn find(&self, sid: &str) -> Option<ConnId> {
+        self.by_sid.get(sid).copied()
+    }
+
+    /// Registers `conn` as `sid`; the caller has checked that neither is taken.
+    pub fn insert(&mut self, conn: ConnId, sid: &str) -> &Client {
+        let mut sid_json = Vec::with_capacity(sid.len() + 2);
+        encode::json_string(&mut sid_json, sid);
+        let order = self.next_order;
+        self.next_order += 1;
+        self.order.insert(order, conn);
+        self.by_sid.insert(sid.into(), conn);
+        if self.slots.len() <= conn.index() {
+            self.slots.resize_with(conn.index() + 1, || None);
+        }
+        let slot = &mut self.slots[conn.index()];
+        slot.insert(Client {
+            generation: conn.generation(),
+            sid: sid.into(),
+            sid_json: String::from_utf8_lossy(&sid_json).into(),
+            order,
+            session: None,
+            list_seen: 0,
+        })
+    }
+
+    pub fn remove(&mut self, conn: ConnId) -> Option<Client> {
+        self.get(conn)?;
+        let client = self.slots.get_mut(conn.index())?.take()?;
+        self.by_sid.remove(&client.sid);
+        self.order.remove(&client.order);
+        Some(client)
+    }
+
+    /// Visits registered clients in registration order, starting at position `from`, until
+    /// `visit` breaks.
+    pub fn walk_from(
+        &mut self,
+        from: u64,
+        mut visit: impl FnMut(u64, ConnId, &mut Client) -> ControlFlow<()>,
+    ) {
+        for (&order, &conn) in self.order.range(from..) {
+            let slot = self.slots.get_mut(conn.index()).and_then(Option::as_mut);
+            if let Some(client) = slot.filter(|client| client.generation == conn.generation())
+                && visit(order, conn, client).is_break()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Every registered client with its connection, in registration order.
+    pub fn entries(&self) -> impl Iterator<Item = (ConnId, &Client)> + '_ {
+        self.order.values().filter_map(|&conn| Some((conn, self.get(conn)?)))
+    }
+
+    /// Every registered client in registration order.
+    pub fn clients(&self) -> impl Iterator<Item = &Client> + '_ {
+        self.order.values().filter_map(|&conn| self.get(conn))
+    }
+}

@@ -1,0 +1,80 @@
+//! One accepted socket and the phase it is in.
+
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use mio::Interest;
+use mio::net::TcpStream;
+use tungstenite::protocol::WebSocketContext;
+
+use super::output::Output;
+
+/// Bytes tungstenite may add on its own (pongs, close replies) past the output cap. Beyond
+/// it tungstenite sees a blocked socket and keeps at most one pending control frame.
+const CONTROL_SLACK: usize = 4096;
+
+pub enum Phase {
+    /// Reading the HTTP request head.
+    Handshake { head: Vec<u8>, deadline: Instant },
+    /// A WebSocket connection serving signaling.
+    Open { ws: Box<WebSocketContext>, last_seen: Instant },
+    /// On the way out: the remaining output is flushed (a close frame, an HTTP response),
+    /// incoming data is discarded, and the socket is dropped when `done` or at `deadline`.
+    Closing { ws: Option<Box<WebSocketContext>>, deadline: Instant, peer_done: bool },
+}
+
+pub struct Connection {
+    pub socket: TcpStream,
+    pub generation: u32,
+    pub phase: Phase,
+    pub out: Output,
+    /// The interest currently registered with the poll.
+    pub interest: Interest,
+    /// Already on the dirty list of this turn.
+    pub flush_queued: bool,
+    /// Already on the list of connections with more to read next turn.
+    pub read_queued: bool,
+    /// Its close has been decided (see `Connections::doom`).
+    pub doomed: bool,
+    /// `shutdown(Write)` was done: everything we will ever send has been sent.
+    pub write_shut: bool,
+}
+
+impl Connection {
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open { .. })
+    }
+}
+
+/// What tungstenite reads from and writes to: reads come from the socket, writes go into
+/// the connection's output buffer (flushed once per turn with everything else), so frames
+/// tungstenite makes and frames the loop makes can never interleave mid-frame.
+pub struct WsIo<'a> {
+    pub socket: &'a mut TcpStream,
+    pub out: &'a mut Output,
+    pub cap: usize,
+    /// Some bytes arrived: a sign of life for the liveness check.
+    pub received: bool,
+}
+
+impl Read for WsIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.socket.read(buf)?;
+        self.received |= n > 0;
+        Ok(n)
+    }
+}
+
+impl Write for WsIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.out.unsent_counted() > self.cap + CONTROL_SLACK {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.out.push_raw(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! The slab of connections, and the [`Outbox`] the core writes into.
+//!
+//! Sending only appends a frame to the recipient's output and marks it dirty; the loop
+//! writes every dirty connection once, at the end of the turn. Closes decided while the
+//! core is mid-command (an output cap passed) are queued as *dooms* and carried out after
+//! the command returns, so no slot is freed or reused while the core may still address it.
+
+use slab::Slab;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use super::connection::{Connection, Phase};
+use crate::signaling::{ConnId, Delivery, Outbox};
+
+/// Bytes a frame header adds at most.
+const FRAME_OVERHEAD: usize = 14;
+
+/// Why and how a connection ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Doom {
+    /// Gone without a close handshake: reset, EOF, liveness timeout, write error.
+    Drop(&'static str),
+    /// We close it with this code; the peer's close reply is awaited for a short while.
+    Close(CloseCode, &'static str),
+    /// The peer sent a close frame; tungstenite has queued the reply.
+    PeerClosed,
+}
+
+pub struct Connections {
+    pub slab: Slab<Connection>,
+    /// Connections with output to write at the end of this turn.
+    pub dirty: Vec<ConnId>,
+    pub doomed: Vec<(ConnId, Doom)>,
+    pub max_output: usize,
+    next_generation: u32,
+}
+
+impl Connections {
+    pub fn new(max_output: usize) -> Self {
+        Connections {
+            slab: Slab::new(),
+            dirty: Vec::new(),
+            doomed: Vec::new(),
+            max_output,
+            next_generation: 0,
+        }
+    }
+
+    pub fn next_generation(&mut self) -> u32 {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        self.next_generation
+    }
+
+    pub fn id_of(&self, key: usize) -> Option<ConnId> {
+        let conn = self.slab.get(key)?;
+        Some(ConnId::new(key as u32, conn.generation))
+    }
+
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+        self.slab.get_mut(id.index()).filter(|conn| conn.generation == id.generation())
+    }
+
+    pub fn queue_flush(&mut self, id: ConnId) {
+        if let Some(conn) = self.get_mut(id)
+            && !conn.flush_queued
+        {
+            conn.flush_queued = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Decides that `id` ends; the loop carries it out after the current core call.
+    pub fn doom(&mut self, id: ConnId, doom: Doom) {
+        if let Some(conn) = self.get_mut(id)
+            && !conn.doomed
+        {
+            conn.doomed = true;
+            self.doomed.push((id, doom));
+        }
+    }
+
+    /// An open connection that is not on its way out.
+    fn live(&mut self, id: ConnId) -> Option<&mut Connection> {
+        self.get_mut(id).filter(|conn| !conn.doomed && matches!(conn.phase, Phase::Open { .. }))
+    }
+}
+
+impl Outbox for Connections {
+    fn send(&mut self, to: ConnId, message: &[u8]) -> Delivery {
+        let cap = self.max_output;
+        let Some(conn) = self.live(to) else { return Delivery::Closing };
+        if conn.out.unsent_counted() + message.len() + FRAME_OVERHEAD > cap {
+            self.doom(to, Doom::Close(CloseCode::Policy, "output limit exceeded: not reading"));
+            return Delivery::Closing;
+        }
+        conn.out.push_text(message);
+        self.queue_flush(to);
+        Delivery::Queued
+    }
+
+    fn send_client_list(&mut self, to: ConnId, list: &[u8]) -> bool {
+        let Some(conn) = self.live(to) else { return true };
+        if conn.out.has_unsent_list() {
+            return false;
+        }
+        conn.out.push_list(list);
+        self.queue_flush(to);
+        true
+    }
+}

@@ -1,0 +1,566 @@
+//! The mio poll loop: one thread, every socket, no locks.
+//!
+//! A turn: wait for readiness (or the next timer), then
+//! 1. accept, read and parse; every complete message goes to the core at once;
+//! 2. run timers (liveness, handshake and close deadlines, pings) when due;
+//! 3. let the core deliver owed client lists, within its pacing budget;
+//! 4. carry out the closes decided meanwhile (running the core's *leave* procedure);
+//! 5. write every connection that has output, once, and ask for WRITABLE only where the
+//!    socket would block.
+//!
+//! Work per turn is bounded: at most [`MESSAGES_PER_READ`] messages per connection (the
+//! rest waits for the next turn, which then does not sleep), and the core bounds its
+//! client-list work itself. One busy client therefore cannot stall the others.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Bytes, Message, Utf8Bytes};
+
+use super::connection::{Connection, Phase, WsIo};
+use super::connections::{Connections, Doom};
+use super::http::{self, Head};
+use super::output::Flush;
+use crate::config::Config;
+use crate::signaling::{ConnId, Signaling};
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_CONNECTION: usize = 2;
+
+/// Messages read from one connection before the loop moves on to others.
+pub const MESSAGES_PER_READ: usize = 32;
+/// How long a closing connection may take to acknowledge our close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// After EMFILE and friends, accepting pauses this long instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Read buffer per WebSocket connection. Small on purpose: thousands of idle clients;
+/// tungstenite grows it for a bigger frame and the frame's bytes leave with the message.
+const READ_BUFFER: usize = 4096;
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    event_loop: EventLoop,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds the listener and installs the SIGINT/SIGTERM handlers.
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(config.listen)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            // Frames go straight into our own output buffer (see `WsIo`), never held back.
+            .write_buffer_size(0)
+            .max_message_size(Some(config.max_message))
+            .max_frame_size(Some(config.max_message));
+        let now = Instant::now();
+        let event_loop = EventLoop {
+            conns: Connections::new(config.max_output),
+            core: Signaling::new(config.client_list),
+            tick: housekeeping_tick(&config),
+            next_tick: now,
+            next_ping: now + config.ping_interval,
+            config,
+            ws_config,
+            poll,
+            listener: Some(listener),
+            signals,
+            read_again: Vec::new(),
+            accept_paused_until: None,
+            shutdown_deadline: None,
+        };
+        Ok(Server { event_loop, local_addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until SIGINT or SIGTERM, then closes every connection with 1001 and returns
+    /// once they are flushed or the shutdown grace period has passed.
+    pub fn run(mut self) -> io::Result<()> {
+        info!("serving on {}", self.local_addr);
+        self.event_loop.run()
+    }
+}
+
+/// How often timers are checked: often enough that deadlines are met within a quarter of
+/// the shortest one, never more than every 250 ms nor less than every 5 ms.
+fn housekeeping_tick(config: &Config) -> Duration {
+    (config.ping_interval.min(config.handshake_timeout) / 4)
+        .clamp(Duration::from_millis(5), Duration::from_millis(250))
+}
+
+struct EventLoop {
+    config: Config,
+    ws_config: WebSocketConfig,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: Signals,
+    conns: Connections,
+    core: Signaling,
+    /// Connections that hit `MESSAGES_PER_READ` and still have data.
+    read_again: Vec<ConnId>,
+    accept_paused_until: Option<Instant>,
+    tick: Duration,
+    next_tick: Instant,
+    next_ping: Instant,
+    shutdown_deadline: Option<Instant>,
+}
+
+impl EventLoop {
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut client_list_due: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let mut wake = self.next_tick;
+            if let Some(due) = client_list_due {
+                wake = wake.min(due);
+            }
+            if let Some(deadline) = self.shutdown_deadline {
+                wake = wake.min(deadline);
+            }
+            let timeout =
+                if self.read_again.is_empty() { wake.saturating_duration_since(now) } else { Duration::ZERO };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    SIGNALS => self.on_signal(now),
+                    Token(token) => {
+                        let key = token - FIRST_CONNECTION;
+                        let Some(id) = self.conns.id_of(key) else { continue };
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(id, now);
+                        }
+                        if event.is_writable() {
+                            self.conns.queue_flush(id);
+                        }
+                    }
+                }
+            }
+            for id in std::mem::take(&mut self.read_again) {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.read_queued = false;
+                    self.on_readable(id, now);
+                }
+            }
+            if now >= self.next_tick {
+                self.housekeeping(now);
+            }
+            if self.shutdown_deadline.is_none() {
+                client_list_due = self.core.poll_client_list(now, &mut self.conns);
+                self.settle(now);
+            }
+            self.flush_dirty(now);
+            if let Some(deadline) = self.shutdown_deadline
+                && (self.conns.slab.is_empty() || now >= deadline)
+            {
+                info!("shut down; {} connection(s) cut at the deadline", self.conns.slab.len());
+                return Ok(());
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|until| now < until) {
+            return;
+        }
+        self.accept_paused_until = None;
+        let Some(listener) = self.listener.as_mut() else { return };
+        loop {
+            let (mut socket, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: keep serving who we have, retry later.
+                    warn!("accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            };
+            if self.conns.slab.len() >= self.config.max_connections {
+                debug!("refusing {peer}: {} connections open", self.conns.slab.len());
+                // Best effort: a fresh socket's send buffer takes this small response.
+                let _ = socket.write(http::SERVICE_UNAVAILABLE);
+                continue;
+            }
+            let _ = socket.set_nodelay(true);
+            let generation = self.conns.next_generation();
+            let entry = self.conns.slab.vacant_entry();
+            let token = Token(entry.key() + FIRST_CONNECTION);
+            if let Err(e) = self.poll.registry().register(&mut socket, token, Interest::READABLE) {
+                warn!("cannot register {peer}: {e}");
+                continue;
+            }
+            debug!("accepted {peer} as {}", entry.key());
+            entry.insert(Connection {
+                socket,
+                generation,
+                phase: Phase::Handshake { head: Vec::new(), deadline: now + self.config.handshake_timeout },
+                out: Default::default(),
+                interest: Interest::READABLE,
+                flush_queued: false,
+                read_queued: false,
+                doomed: false,
+                write_shut: false,
+            });
+        }
+    }
+
+    fn on_signal(&mut self, now: Instant) {
+        let mut stop = false;
+        for signal in self.signals.pending() {
+            stop |= signal == SIGINT || signal == SIGTERM;
+        }
+        if stop && self.shutdown_deadline.is_none() {
+            self.begin_shutdown(now);
+        }
+    }
+
+    fn on_readable(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        if conn.doomed {
+            return;
+        }
+        match conn.phase {
+            Phase::Handshake { .. } => self.read_handshake(id, now),
+            Phase::Open { .. } => self.read_messages(id, now),
+            Phase::Closing { .. } => self.drain_closing(id, now),
+        }
+    }
+
+    fn read_handshake(&mut self, id: ConnId, now: Instant) {
+        let max_head = self.config.max_request_head;
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        let Phase::Handshake { head, .. } = &mut conn.phase else { return };
+        let mut chunk = [0u8; 2048];
+        let decision = loop {
+            let room = (max_head - head.len()).min(chunk.len());
+            let n = match conn.socket.read(&mut chunk[..room]) {
+                Ok(0) => break None,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break None,
+            };
+            let searched_from = head.len().saturating_sub(3);
+            head.extend_from_slice(&chunk[..n]);
+            let full = head.len() >= max_head;
+            // Parse only once the blank line that ends a head may be there: a client that
+            // trickles bytes costs a scan of what it sent, not a parse per byte.
+            let ends = head[searched_from..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r");
+            if ends || full {
+                match http::read_head(head, full) {
+                    Head::Partial => {}
+                    decided => break Some(decided),
+                }
+            }
+        };
+        match decision {
+            None => self.remove(id),
+            Some(Head::Respond(response)) => {
+                conn.out.push_raw(response);
+                conn.phase = Phase::Closing { ws: None, deadline: now + CLOSE_LINGER, peer_done: false };
+                self.conns.queue_flush(id);
+            }
+            Some(Head::Upgrade { response, head_len }) => {
+                let early_frames = head.get(head_len..).unwrap_or_default().to_vec();
+                conn.out.push_raw(response.as_bytes());
+                let ws =
+                    WebSocketContext::from_partially_read(early_frames, Role::Server, Some(self.ws_config));
+                conn.phase = Phase::Open { ws: Box::new(ws), last_seen: now };
+                self.conns.queue_flush(id);
+                self.read_messages(id, now);
+            }
+            Some(Head::Partial) => {}
+        }
+    }
+
+    fn read_messages(&mut self, id: ConnId, now: Instant) {
+        let cap = self.config.max_output;
+        for _ in 0..MESSAGES_PER_READ {
+            let Some(conn) = self.conns.get_mut(id) else { return };
+            if conn.doomed {
+                return;
+            }
+            let Connection { socket, out, phase, .. } = conn;
+            let Phase::Open { ws, last_seen } = phase else { return };
+            let mut io = WsIo { socket, out, cap, received: false };
+            let result = ws.read(&mut io);
+            if io.received {
+                *last_seen = now;
+            }
+            if !out.is_empty() {
+                self.conns.queue_flush(id);
+            }
+            match result {
+                Ok(Message::Text(text)) => self.deliver(id, text.as_bytes(), now),
+                Ok(Message::Binary(bytes)) => self.deliver(id, &bytes, now),
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(Message::Close(_)) => return self.end(id, Doom::PeerClosed, now),
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => return self.end(id, doom_for(&e), now),
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(id)
+            && !conn.read_queued
+        {
+            conn.read_queued = true;
+            self.read_again.push(id);
+        }
+    }
+
+    fn deliver(&mut self, id: ConnId, message: &[u8], now: Instant) {
+        self.core.handle_message(id, message, now, &mut self.conns);
+        self.settle(now);
+    }
+
+    fn end(&mut self, id: ConnId, doom: Doom, now: Instant) {
+        self.conns.doom(id, doom);
+        self.settle(now);
+    }
+
+    /// A closing connection: discard what it still sends, notice when it is done.
+    fn drain_closing(&mut self, id: ConnId, now: Instant) {
+        let cap = self.config.max_output;
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        let Connection { socket, out, phase, .. } = conn;
+        let Phase::Closing { ws, peer_done, .. } = phase else { return };
+        for _ in 0..MESSAGES_PER_READ {
+            let done = match ws {
+                Some(ws) => match ws.read(&mut WsIo { socket, out, cap, received: false }) {
+                    Ok(Message::Close(_)) => true,
+                    Ok(_) => false,
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => true,
+                },
+                None => {
+                    let mut sink = [0u8; 1024];
+                    match socket.read(&mut sink) {
+                        Ok(0) => true,
+                        Ok(_) => false,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => true,
+                    }
+                }
+            };
+            if done {
+                *peer_done = true;
+                break;
+            }
+        }
+        self.conns.queue_flush(id);
+        self.finish_if_closed(id, now);
+    }
+
+    /// Carries out every close decided so far. Closing a registered client runs the core's
+    /// leave procedure, which may decide more closes (an opponent over its output cap).
+    fn settle(&mut self, now: Instant) {
+        while let Some((id, doom)) = self.conns.doomed.pop() {
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            let was_open = conn.is_open();
+            debug!("closing {}: {doom:?}", id.index());
+            match doom {
+                Doom::Drop(_) => self.remove(id),
+                Doom::PeerClosed => {
+                    if let Phase::Open { ws, .. } = std::mem::replace(&mut conn.phase, placeholder(now)) {
+                        conn.phase =
+                            Phase::Closing { ws: Some(ws), deadline: now + CLOSE_LINGER, peer_done: true };
+                    }
+                    self.conns.queue_flush(id);
+                }
+                Doom::Close(code, reason) => {
+                    self.send_close(id, code, reason, now + CLOSE_LINGER);
+                }
+            }
+            if was_open {
+                self.core.disconnect(id, now, &mut self.conns);
+            }
+        }
+    }
+
+    /// Queues a close frame on an open connection and moves it to `Closing`.
+    fn send_close(&mut self, id: ConnId, code: CloseCode, reason: &'static str, deadline: Instant) {
+        let cap = self.config.max_output;
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        let Connection { socket, out, phase, .. } = conn;
+        if let Phase::Open { mut ws, .. } = std::mem::replace(phase, placeholder(deadline)) {
+            let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+            // Errors here only mean the frame could not be queued; the deadline still ends it.
+            let _ = ws.close(&mut WsIo { socket, out, cap, received: false }, Some(frame));
+            *phase = Phase::Closing { ws: Some(ws), deadline, peer_done: false };
+        }
+        self.conns.queue_flush(id);
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        self.next_tick = now + self.tick;
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept(now);
+        }
+        let silent_limit = self.config.ping_interval * 2;
+        let ping = now >= self.next_ping;
+        if ping {
+            self.next_ping = now + self.config.ping_interval;
+        }
+        let cap = self.config.max_output;
+        let mut expired = Vec::new();
+        let mut dooms = Vec::new();
+        for (key, conn) in self.conns.slab.iter_mut() {
+            let id = ConnId::new(key as u32, conn.generation);
+            let Connection { socket, out, phase, .. } = conn;
+            match phase {
+                Phase::Handshake { deadline, .. } | Phase::Closing { deadline, .. } if now >= *deadline => {
+                    expired.push(id);
+                }
+                Phase::Open { last_seen, .. } if now.duration_since(*last_seen) >= silent_limit => {
+                    dooms.push(id);
+                }
+                Phase::Open { ws, .. } if ping && self.shutdown_deadline.is_none() => {
+                    let _ = ws
+                        .write(&mut WsIo { socket, out, cap, received: false }, Message::Ping(Bytes::new()));
+                    if !conn.flush_queued {
+                        conn.flush_queued = true;
+                        self.conns.dirty.push(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for id in expired {
+            debug!("deadline passed for {}", id.index());
+            self.remove(id);
+        }
+        for id in dooms {
+            self.conns.doom(id, Doom::Drop("liveness timeout"));
+        }
+        self.settle(now);
+    }
+
+    fn flush_dirty(&mut self, now: Instant) {
+        while !self.conns.dirty.is_empty() {
+            for id in std::mem::take(&mut self.conns.dirty) {
+                self.flush(id, now);
+            }
+            self.settle(now);
+        }
+    }
+
+    fn flush(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        conn.flush_queued = false;
+        let wanted = match conn.out.write_to(&mut conn.socket) {
+            Ok(Flush::Done) => Interest::READABLE,
+            Ok(Flush::Pending) => Interest::READABLE | Interest::WRITABLE,
+            Err(_) => {
+                if conn.is_open() {
+                    self.conns.doom(id, Doom::Drop("write failed"));
+                } else {
+                    self.remove(id);
+                }
+                return;
+            }
+        };
+        if conn.interest != wanted {
+            let token = Token(id.index() + FIRST_CONNECTION);
+            if self.poll.registry().reregister(&mut conn.socket, token, wanted).is_ok() {
+                conn.interest = wanted;
+            }
+        }
+        self.finish_if_closed(id, now);
+    }
+
+    /// A closing connection whose output is out: half-close our side, and drop it once
+    /// the peer is done too.
+    fn finish_if_closed(&mut self, id: ConnId, _now: Instant) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        let Phase::Closing { peer_done, .. } = conn.phase else { return };
+        if !conn.out.is_empty() {
+            return;
+        }
+        if peer_done {
+            self.remove(id);
+        } else if !conn.write_shut {
+            conn.write_shut = true;
+            let _ = conn.socket.shutdown(Shutdown::Write);
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Instant) {
+        let deadline = now + self.config.shutdown_grace;
+        info!("shutting down: closing {} connection(s) with 1001", self.conns.slab.len());
+        self.shutdown_deadline = Some(deadline);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let ids: Vec<ConnId> =
+            self.conns.slab.iter().map(|(key, conn)| ConnId::new(key as u32, conn.generation)).collect();
+        for id in ids {
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            match &mut conn.phase {
+                Phase::Open { .. } => self.send_close(id, CloseCode::Away, "server shutting down", deadline),
+                Phase::Handshake { .. } => self.remove(id),
+                Phase::Closing { deadline: d, .. } => *d = (*d).min(deadline),
+            }
+        }
+    }
+
+    fn remove(&mut self, id: ConnId) {
+        if self.conns.get_mut(id).is_none() {
+            return;
+        }
+        let mut conn = self.conns.slab.remove(id.index());
+        let _ = self.poll.registry().deregister(&mut conn.socket);
+        debug!("removed {}", id.index());
+    }
+}
+
+/// A stand-in phase while the real one is moved out of the slot.
+fn placeholder(deadline: Instant) -> Phase {
+    Phase::Closing { ws: None, deadline, peer_done: true }
+}
+
+/// How a read error ends a connection (RFC 6455 close codes).
+fn doom_for(error: &tungstenite::Error) -> Doom {
+    use tungstenite::error::ProtocolError;
+    match error {
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => Doom::Drop("closed"),
+        tungstenite::Error::Io(_) => Doom::Drop("connection reset"),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            Doom::Drop("connection ended without a close frame")
+        }
+        tungstenite::Error::Capacity(_) => Doom::Close(CloseCode::Size, "message too big"),
+        tungstenite::Error::Utf8(_) => Doom::Close(CloseCode::Invalid, "invalid UTF-8 in a text message"),
+        _ => Doom::Close(CloseCode::Protocol, "WebSocket protocol violation"),
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_stream_is_mio(_: &TcpStream) {}

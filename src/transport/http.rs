@@ -1,0 +1,141 @@
+//! The HTTP request head that opens every connection: a WebSocket upgrade, a plain HTTP
+//! request, or garbage.
+//!
+//! tungstenite's own server handshake answers anything but an upgrade with an error before
+//! the application sees it, so the head is parsed here with httparse and the upgrade is
+//! completed with tungstenite's `derive_accept_key`. That lets one port serve plain HTTP too.
+
+use tungstenite::handshake::derive_accept_key;
+
+/// Headers beyond this count get 431.
+const MAX_HEADERS: usize = 48;
+
+/// What to do with the bytes received so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// The head is not complete yet.
+    Partial,
+    /// A valid WebSocket upgrade. `head_len` bytes belong to the request; anything after
+    /// them is already WebSocket data.
+    Upgrade { response: String, head_len: usize },
+    /// Answer with this complete response and close.
+    Respond(&'static [u8]),
+}
+
+pub const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n";
+pub const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n";
+pub const UPGRADE_REQUIRED: &[u8] = b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nContent-Type: text/plain\r\nContent-Length: 36\r\nConnection: close\r\n\r\nonly WebSocket version 13 is spoken\n";
+pub const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 26\r\nConnection: close\r\n\r\nrequest head is too large\n";
+pub const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 28\r\nConnection: close\r\n\r\ntoo many connections, retry\n";
+
+/// Reads the request head in `buf`. `buf_is_full` says the connection may not send more
+/// bytes before the head ends (the head limit was reached).
+pub fn read_head(buf: &[u8], buf_is_full: bool) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf_is_full => return Head::Respond(HEAD_TOO_LARGE),
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Head::Respond(HEAD_TOO_LARGE),
+        Err(_) => return Head::Respond(BAD_REQUEST),
+    };
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let has_token = |name: &str, token: &str| {
+        request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+            .flat_map(|value| value.split(','))
+            .any(|item| item.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token("upgrade", "websocket") {
+        return Head::Respond(NOT_FOUND);
+    }
+    if request.method != Some("GET") || !has_token("connection", "upgrade") {
+        return Head::Respond(BAD_REQUEST);
+    }
+    if header("sec-websocket-version") != Some("13") {
+        return Head::Respond(UPGRADE_REQUIRED);
+    }
+    // The key is 16 random bytes in base64: 24 characters ending in "==".
+    let Some(key) = header("sec-websocket-key").filter(|k| k.len() == 24 && k.ends_with("==")) else {
+        return Head::Respond(BAD_REQUEST);
+    };
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    Head::Upgrade { response, head_len }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET /any/path?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn an_upgrade_on_any_path_gets_101_with_the_rfc_accept_key() {
+        let mut bytes = UPGRADE.as_bytes().to_vec();
+        bytes.extend_from_slice(b"\x81\x80");
+        match read_head(&bytes, false) {
+            Head::Upgrade { response, head_len } => {
+                assert!(response.starts_with("HTTP/1.1 101 "));
+                // The worked example of RFC 6455 section 1.3.
+                assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+                assert_eq!(head_len, UPGRADE.len());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_ones_get_431() {
+        assert_eq!(read_head(&UPGRADE.as_bytes()[..40], false), Head::Partial);
+        assert_eq!(read_head(&UPGRADE.as_bytes()[..40], true), Head::Respond(HEAD_TOO_LARGE));
+        let many: String = (0..60).map(|i| format!("X-{i}: y\r\n")).collect();
+        let request = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(read_head(request.as_bytes(), false), Head::Respond(HEAD_TOO_LARGE));
+    }
+
+    #[test]
+    fn plain_and_broken_requests_get_http_errors() {
+        assert_eq!(read_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false), Head::Respond(NOT_FOUND));
+        assert_eq!(
+            read_head(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", false),
+            Head::Respond(BAD_REQUEST)
+        );
+        assert_eq!(read_head(b"garbage\r\n\r\n", false), Head::Respond(BAD_REQUEST));
+        let post = UPGRADE.replace("GET", "POST");
+        assert_eq!(read_head(post.as_bytes(), false), Head::Respond(BAD_REQUEST));
+        let v8 = UPGRADE.replace("Version: 13", "Version: 8");
+        assert_eq!(read_head(v8.as_bytes(), false), Head::Respond(UPGRADE_REQUIRED));
+        let no_key = UPGRADE.replace("Sec-WebSocket-Key", "X-Key");
+        assert_eq!(read_head(no_key.as_bytes(), false), Head::Respond(BAD_REQUEST));
+        let no_conn = UPGRADE.replace("keep-alive, Upgrade", "keep-alive");
+        assert_eq!(read_head(no_conn.as_bytes(), false), Head::Respond(BAD_REQUEST));
+    }
+
+    #[test]
+    fn canned_responses_have_honest_content_lengths() {
+        for response in [NOT_FOUND, BAD_REQUEST, UPGRADE_REQUIRED, HEAD_TOO_LARGE, SERVICE_UNAVAILABLE] {
+            let text = std::str::from_utf8(response).expect("ascii");
+            let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+            let declared: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|n| n.parse().ok())
+                .expect("content-length");
+            assert_eq!(declared, body.len(), "{head}");
+        }
+    }
+}

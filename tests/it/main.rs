@@ -1,0 +1,8 @@
+//! Integration tests: the real `signaling-server` binary on 127.0.0.1:0, driven by real
+//! WebSocket clients (tungstenite, blocking) over real sockets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+mod flows;
