@@ -22,6 +22,8 @@ mod client_list;
 mod outbox;
 mod registry;
 mod sessions;
+#[cfg(test)]
+mod tests;
 
 use std::ops::ControlFlow;
 use std::time::Instant;

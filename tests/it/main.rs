@@ -6,3 +6,6 @@
 mod harness;
 
 mod flows;
+mod garbage;
+mod lifecycle;
+mod limits;
