@@ -8,6 +8,7 @@
 //! `bytes_per_second`, after the previous one; with at most 1000 clients the gap is capped
 //! at `small_list_max_interval` so the 250 ms promise of PROTOCOL.md holds.
 
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// How `clu` delivery is paced. See the module docs.
@@ -49,8 +50,11 @@ pub(crate) struct ClientList {
     pub pacing: ClientListPacing,
     /// Bumped on every change; a client is owed a list while its `list_seen` is lower.
     pub version: u64,
-    pub encoded: Vec<u8>,
+    /// The current list as JSON, shared (not copied) by every connection it is queued on.
+    pub encoded: Rc<[u8]>,
     pub encoded_version: Option<u64>,
+    /// Where the list is composed before it becomes `encoded`.
+    pub scratch: Vec<u8>,
     /// When the next round may start, if one is wanted.
     pub due: Option<Instant>,
     pub round: Option<Round>,
@@ -65,8 +69,9 @@ impl ClientList {
         ClientList {
             pacing,
             version: 0,
-            encoded: Vec::new(),
+            encoded: Rc::from(Vec::new()),
             encoded_version: None,
+            scratch: Vec::new(),
             due: None,
             round: None,
             last_round: None,

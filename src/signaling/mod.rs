@@ -26,6 +26,7 @@ mod sessions;
 mod tests;
 
 use std::ops::ControlFlow;
+use std::rc::Rc;
 use std::time::Instant;
 
 pub use client_list::ClientListPacing;
@@ -342,11 +343,12 @@ impl Signaling {
         }
         let list = &mut self.client_list;
         if list.encoded_version != Some(list.version) {
-            list.encoded.clear();
+            list.scratch.clear();
             encode::client_list(
-                &mut list.encoded,
+                &mut list.scratch,
                 self.registry.clients().map(|client| (&*client.sid_json, client.state())),
             );
+            list.encoded = Rc::from(list.scratch.as_slice());
             list.encoded_version = Some(list.version);
         }
         let registered = self.registry.len();

@@ -2,6 +2,7 @@
 //! (the event loop, or a test) decides what delivering means.
 
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 /// A handle for one connection, given by the transport. The generation makes a reused slot
 /// a different id, so a message meant for a departed client can never reach its successor.
@@ -40,8 +41,9 @@ pub trait Outbox {
 
     /// Queues the current client list for `to`, unless a list sent earlier is still waiting
     /// to be written there: then it returns `false` and the core offers the newest list
-    /// again later. That keeps at most one unsent `clu` per client.
-    fn send_client_list(&mut self, to: ConnId, list: &[u8]) -> bool;
+    /// again later. That keeps at most one unsent `clu` per client. The list is shared:
+    /// keep a clone of the `Rc`, not a copy of the bytes.
+    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> bool;
 }
 
 /// An [`Outbox`] that keeps everything in memory: for tests and benches.
@@ -80,7 +82,7 @@ impl Outbox for MemoryOutbox {
         Delivery::Queued
     }
 
-    fn send_client_list(&mut self, to: ConnId, list: &[u8]) -> bool {
+    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> bool {
         if self.list_unsent.contains(&to) {
             return false;
         }

@@ -5,6 +5,8 @@
 //! core is mid-command (an output cap passed) are queued as *dooms* and carried out after
 //! the command returns, so no slot is freed or reused while the core may still address it.
 
+use std::rc::Rc;
+
 use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 
@@ -97,7 +99,7 @@ impl Outbox for Connections {
         Delivery::Queued
     }
 
-    fn send_client_list(&mut self, to: ConnId, list: &[u8]) -> bool {
+    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> bool {
         let Some(conn) = self.live(to) else { return true };
         if conn.out.has_unsent_list() {
             return false;

@@ -20,8 +20,8 @@ use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
-use smallvec::SmallVec;
 use signal_hook_mio::v1_0::Signals;
+use smallvec::SmallVec;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
@@ -391,8 +391,12 @@ impl EventLoop {
             match doom {
                 Doom::Drop(_) => self.remove(id),
                 Doom::PeerClosed => {
-                    if let Phase::Open { ws, .. } = std::mem::replace(&mut conn.phase, placeholder(now)) {
-                        conn.phase =
+                    let Connection { socket, out, phase, .. } = conn;
+                    if let Phase::Open { mut ws, .. } = std::mem::replace(phase, placeholder(now)) {
+                        // tungstenite queued the close reply internally; move it to our output.
+                        let _ =
+                            ws.flush(&mut WsIo { socket, out, cap: self.config.max_output, received: false });
+                        *phase =
                             Phase::Closing { ws: Some(ws), deadline: now + CLOSE_LINGER, peer_done: true };
                     }
                     self.conns.queue_flush(id);

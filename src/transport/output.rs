@@ -6,22 +6,38 @@
 //! list a connection may hold is tracked separately and not counted: lists can legitimately
 //! be bigger than the cap, and [`Output::has_unsent_list`] keeps them to one.
 
-use std::io::{self, Write};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
 
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-/// Above this capacity an emptied buffer is freed rather than kept: idle clients should
-/// cost as little memory as possible.
-const KEEP_CAPACITY: usize = 1024;
+/// Segments handed to one `writev`.
+const MAX_IOVECS: usize = 16;
 
+/// Queued output as a short run of segments: bytes of our own, and client lists shared with
+/// every other connection they are queued on (a list can be hundreds of KiB and go to
+/// thousands of clients; it is never copied per client).
 #[derive(Default)]
 pub struct Output {
-    buf: Vec<u8>,
-    /// Bytes at the front of `buf` already written to the socket.
-    written: usize,
-    /// The byte range of the last client list put in `buf`, if any.
-    list: Option<(usize, usize)>,
+    segments: VecDeque<Segment>,
+    /// Bytes of the front segment already written to the socket.
+    front_written: usize,
+}
+
+enum Segment {
+    Owned(Vec<u8>),
+    SharedList(Rc<[u8]>),
+}
+
+impl Segment {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Segment::Owned(bytes) => bytes,
+            Segment::SharedList(bytes) => bytes,
+        }
+    }
 }
 
 /// The write side of a turn: did everything reach the kernel?
@@ -34,88 +50,100 @@ pub enum Flush {
 
 impl Output {
     pub fn is_empty(&self) -> bool {
-        self.written == self.buf.len()
+        self.segments.is_empty()
     }
 
-    /// Unsent bytes, the client list excluded.
+    /// Unsent bytes, client lists excluded.
     pub fn unsent_counted(&self) -> usize {
-        self.buf.len() - self.written - self.unsent_list_bytes()
-    }
-
-    fn unsent_list_bytes(&self) -> usize {
-        match self.list {
-            Some((start, end)) if end > self.written => end - start.max(self.written),
-            _ => 0,
+        let mut total = 0;
+        for (index, segment) in self.segments.iter().enumerate() {
+            if let Segment::Owned(bytes) = segment {
+                total += bytes.len() - if index == 0 { self.front_written } else { 0 };
+            }
         }
+        total
     }
 
     pub fn has_unsent_list(&self) -> bool {
-        self.unsent_list_bytes() > 0
+        self.segments.iter().any(|segment| matches!(segment, Segment::SharedList(_)))
+    }
+
+    fn owned_tail(&mut self) -> &mut Vec<u8> {
+        if !matches!(self.segments.back(), Some(Segment::Owned(_))) {
+            self.segments.push_back(Segment::Owned(Vec::new()));
+        }
+        match self.segments.back_mut() {
+            Some(Segment::Owned(bytes)) => bytes,
+            // Just ensured above.
+            _ => unreachable!("the last segment is owned"),
+        }
     }
 
     /// Appends one unmasked, unfragmented text frame.
     pub fn push_text(&mut self, payload: &[u8]) {
-        let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
-        // Writing into a Vec cannot fail.
-        let _ = header.format(payload.len() as u64, &mut self.buf);
-        self.buf.extend_from_slice(payload);
+        let tail = self.owned_tail();
+        push_text_header(tail, payload.len());
+        tail.extend_from_slice(payload);
     }
 
-    pub fn push_list(&mut self, payload: &[u8]) {
-        let start = self.buf.len();
-        self.push_text(payload);
-        self.list = Some((start, self.buf.len()));
+    /// Appends a text frame whose payload is a shared client list.
+    pub fn push_list(&mut self, list: &Rc<[u8]>) {
+        push_text_header(self.owned_tail(), list.len());
+        self.segments.push_back(Segment::SharedList(Rc::clone(list)));
     }
 
     /// Appends bytes tungstenite produced (the 101 response, pongs, pings, close frames).
     pub fn push_raw(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.owned_tail().extend_from_slice(bytes);
     }
 
-    /// Writes as much as the socket takes.
+    /// Writes as much as the socket takes, all segments in one `writev` where possible.
     pub fn write_to(&mut self, socket: &mut impl Write) -> io::Result<Flush> {
-        while self.written < self.buf.len() {
-            match socket.write(&self.buf[self.written..]) {
+        while !self.segments.is_empty() {
+            let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (index, segment) in self.segments.iter().take(MAX_IOVECS).enumerate() {
+                let skip = if index == 0 { self.front_written } else { 0 };
+                slices[count] = IoSlice::new(&segment.bytes()[skip..]);
+                count += 1;
+            }
+            match socket.write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.compact();
-                    return Ok(Flush::Pending);
-                }
+                Ok(written) => self.consume(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Pending),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        self.clear();
         Ok(Flush::Done)
     }
 
-    fn clear(&mut self) {
-        if self.buf.capacity() > KEEP_CAPACITY {
-            self.buf = Vec::new();
-        } else {
-            self.buf.clear();
+    fn consume(&mut self, mut written: usize) {
+        while written > 0 {
+            let Some(front) = self.segments.front() else { return };
+            let left = front.bytes().len() - self.front_written;
+            if written < left {
+                self.front_written += written;
+                return;
+            }
+            written -= left;
+            self.front_written = 0;
+            // Freed, not kept: an idle connection holds no output memory at all.
+            self.segments.pop_front();
         }
-        self.written = 0;
-        self.list = None;
     }
+}
 
-    /// Drops the written prefix once it is most of the buffer, so a slow reader does not
-    /// make every append move the whole backlog.
-    fn compact(&mut self) {
-        if self.written > 0 && self.written >= self.buf.len() / 2 {
-            self.buf.drain(..self.written);
-            self.list = self.list.and_then(|(start, end)| {
-                (end > self.written).then(|| (start.saturating_sub(self.written), end - self.written))
-            });
-            self.written = 0;
-        }
-    }
+fn push_text_header(out: &mut Vec<u8>, len: usize) {
+    let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
+    // Writing into a Vec cannot fail.
+    let _ = header.format(len as u64, out);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::rc::Rc;
 
     /// A socket that takes `budget` bytes, then blocks.
     struct Trickle {
@@ -157,9 +185,10 @@ mod tests {
     fn partial_writes_resume_and_the_list_is_tracked() {
         let mut out = Output::default();
         out.push_text(b"relay");
-        out.push_list(b"{\"cmd\":\"clu\",\"list\":[]}");
+        out.push_list(&Rc::from(&b"{\"cmd\":\"clu\",\"list\":[]}"[..]));
         assert!(out.has_unsent_list());
-        assert_eq!(out.unsent_counted(), 7);
+        // The relay frame and the list's 2-byte header; the shared list itself is not counted.
+        assert_eq!(out.unsent_counted(), 9);
         let mut sock = Trickle { taken: Vec::new(), budget: 10 };
         assert_eq!(out.write_to(&mut sock).expect("writes"), Flush::Pending);
         assert!(out.has_unsent_list());

@@ -1,0 +1,2 @@
+//! Placeholder replaced by the benches of the load-testing issue.
+fn main() {}

@@ -1,0 +1,255 @@
+//! `churn`: a burst of N joins (then N leaves) while W clients sit in WAIT and a few pairs
+//! keep relaying. How long until every WAIT client holds the complete list (convergence),
+//! how many list bytes that took, and what the storm did to relay latency.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::Target;
+use crate::fleet::{ClientEvent, Fleet};
+use crate::pairs::Pairs;
+use crate::report::{self, Latency};
+use crate::wire;
+
+#[derive(Clone, Debug)]
+pub struct ChurnOptions {
+    pub watchers: usize,
+    pub pairs: usize,
+    pub burst: usize,
+    pub concurrency: usize,
+    pub timeout: Duration,
+}
+
+impl Default for ChurnOptions {
+    fn default() -> Self {
+        ChurnOptions {
+            watchers: 100,
+            pairs: 10,
+            burst: 1000,
+            concurrency: 500,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Phase {
+    /// From the first join (or the mass leave) until every WAIT client's latest list was
+    /// complete.
+    pub convergence_seconds: f64,
+    pub client_lists_received: u64,
+    pub client_list_bytes_received: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChurnReport {
+    pub watchers: usize,
+    pub pairs: usize,
+    pub burst: usize,
+    pub join: Phase,
+    pub leave: Phase,
+    /// Relay latency of the pairs (window 1) during both phases.
+    pub relay_latency: Latency,
+    pub relay_lost: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// Entries in the latest list each WAIT client received.
+    last_list_len: HashMap<usize, usize>,
+    lists: u64,
+    bytes: u64,
+}
+
+impl Waiting {
+    fn converged(&self, clients: impl Iterator<Item = usize>, expected: usize) -> bool {
+        let mut all = true;
+        for key in clients {
+            all &= self.last_list_len.get(&key) == Some(&expected);
+        }
+        all
+    }
+}
+
+pub fn run(target: &Target, options: &ChurnOptions) -> io::Result<ChurnReport> {
+    let mut fleet = Fleet::new(target.addr, target.sources.clone())?;
+    let prefix = format!("churn{}", std::process::id());
+    let mut pairs = Pairs::new(options.pairs, &format!("{prefix}-p"), 1, 200);
+    let mut events = Vec::new();
+    let mut waiting = Waiting::default();
+    let mut errors = 0u64;
+    let mut first_error: Option<String> = None;
+    let began = Instant::now();
+    let deadline = |what: &str| {
+        if began.elapsed() > options.timeout {
+            Err(io::Error::other(format!("{what} did not finish within {:?}", options.timeout)))
+        } else {
+            Ok(())
+        }
+    };
+
+    // Watchers and pairs.
+    let mut watchers = Vec::new();
+    for _ in 0..options.watchers {
+        watchers.push(fleet.connect()?);
+    }
+    let mut registered = 0;
+    let mut handle = |fleet: &mut Fleet,
+                      pairs: &mut Pairs,
+                      waiting: &mut Waiting,
+                      registered: &mut usize,
+                      key: usize,
+                      event: ClientEvent,
+                      now: Instant| {
+        if pairs.on_event(fleet, key, &event, now) {
+            return;
+        }
+        match event {
+            ClientEvent::Opened => fleet.send(key, &format!(r#"{{"cmd":"sId","sId":"{prefix}-{key}"}}"#)),
+            ClientEvent::Text(text) if wire::is_client_list(&text) => {
+                waiting.last_list_len.insert(key, wire::list_len(&text));
+                waiting.lists += 1;
+                waiting.bytes += text.len() as u64;
+            }
+            ClientEvent::Text(text) if text.starts_with(r#"{"cmd":"sId""#) => *registered += 1,
+            ClientEvent::Text(text) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("{text:.100}"));
+            }
+            ClientEvent::Closed(code) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("a client was closed (code {code:?})"));
+            }
+        }
+    };
+    while registered < options.watchers || !pairs.all_active() {
+        deadline("setup")?;
+        pairs.connect_more(&mut fleet)?;
+        fleet.turn(Duration::from_millis(10), &mut events)?;
+        let now = Instant::now();
+        for (key, event) in events.drain(..) {
+            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
+        }
+    }
+    let base = options.watchers + 2 * options.pairs;
+    // Let the setup's lists settle, with the pairs relaying.
+    let warm = Instant::now();
+    pairs.start(&mut fleet, warm, Duration::from_millis(300), options.timeout, None);
+    while warm.elapsed() < Duration::from_millis(300) || !waiting.converged(watchers.iter().copied(), base) {
+        deadline("settling")?;
+        fleet.turn(Duration::from_millis(5), &mut events)?;
+        let now = Instant::now();
+        for (key, event) in events.drain(..) {
+            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
+        }
+    }
+
+    // The burst of joins.
+    let join_started = Instant::now();
+    let (lists_before, bytes_before) = (waiting.lists, waiting.bytes);
+    let mut burst = Vec::new();
+    let expected = base + options.burst;
+    let join_done = loop {
+        deadline("join convergence")?;
+        while burst.len() < options.burst && burst.len() + options.watchers < registered + options.concurrency
+        {
+            burst.push(fleet.connect()?);
+        }
+        fleet.turn(Duration::from_millis(5), &mut events)?;
+        let now = Instant::now();
+        for (key, event) in events.drain(..) {
+            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
+        }
+        if burst.len() == options.burst && waiting.converged(watchers.iter().chain(&burst).copied(), expected)
+        {
+            break now;
+        }
+    };
+    let join = Phase {
+        convergence_seconds: (join_done - join_started).as_secs_f64(),
+        client_lists_received: waiting.lists - lists_before,
+        client_list_bytes_received: waiting.bytes - bytes_before,
+    };
+
+    // Everybody from the burst leaves at once (TCP close, no close frame).
+    let leave_started = Instant::now();
+    let (lists_before, bytes_before) = (waiting.lists, waiting.bytes);
+    for key in burst.drain(..) {
+        fleet.drop_client(key);
+        waiting.last_list_len.remove(&key);
+    }
+    let leave_done = loop {
+        deadline("leave convergence")?;
+        fleet.turn(Duration::from_millis(5), &mut events)?;
+        let now = Instant::now();
+        for (key, event) in events.drain(..) {
+            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
+        }
+        if waiting.converged(watchers.iter().copied(), base) {
+            break now;
+        }
+    };
+    let leave = Phase {
+        convergence_seconds: (leave_done - leave_started).as_secs_f64(),
+        client_lists_received: waiting.lists - lists_before,
+        client_list_bytes_received: waiting.bytes - bytes_before,
+    };
+    pairs.stop_sending();
+    let drain = Instant::now();
+    while pairs.in_flight() > 0 && drain.elapsed() < Duration::from_secs(3) {
+        fleet.turn(Duration::from_millis(5), &mut events)?;
+        let now = Instant::now();
+        for (key, event) in events.drain(..) {
+            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
+        }
+    }
+    Ok(ChurnReport {
+        watchers: options.watchers,
+        pairs: options.pairs,
+        burst: options.burst,
+        join,
+        leave,
+        relay_latency: Latency::of(&pairs.latency_ns),
+        relay_lost: pairs.lost(),
+        errors: errors + pairs.errors,
+        first_error: first_error.or(pairs.first_error.clone()),
+    })
+}
+
+pub fn print(report: &ChurnReport) {
+    let phase = |p: &Phase| {
+        format!(
+            "converged in {:.3} s; {} lists, {:.1} MB",
+            p.convergence_seconds,
+            p.client_lists_received,
+            p.client_list_bytes_received as f64 / 1e6
+        )
+    };
+    let rows = vec![
+        (
+            "clients",
+            format!(
+                "{} watchers, {} relaying pairs, burst of {}",
+                report.watchers, report.pairs, report.burst
+            ),
+        ),
+        ("join burst", phase(&report.join)),
+        ("mass leave", phase(&report.leave)),
+        ("relay latency", report::latency_row(&report.relay_latency)),
+        ("relay lost", report.relay_lost.to_string()),
+        (
+            "errors",
+            format!(
+                "{}{}",
+                report.errors,
+                report.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+            ),
+        ),
+    ];
+    report::table("churn", &rows);
+}

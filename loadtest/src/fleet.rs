@@ -1,0 +1,304 @@
+//! Many non-blocking WebSocket clients on one mio poll: the generator's own event loop.
+//!
+//! Like the server, every client's frames are appended to its own output buffer and
+//! written once per turn, so the generator spends as little CPU per message as the
+//! server does and its measurements are not its own queueing.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Message, Utf8Bytes};
+
+/// What happened to a client during a turn.
+#[derive(Debug)]
+pub enum ClientEvent {
+    /// The WebSocket upgrade completed.
+    Opened,
+    Text(Utf8Bytes),
+    /// The connection ended; the close code if the server sent one.
+    Closed(Option<u16>),
+}
+
+enum State {
+    Connecting { response: Vec<u8> },
+    Open(Box<WebSocketContext>),
+    Closed,
+}
+
+struct Client {
+    stream: TcpStream,
+    state: State,
+    out: Vec<u8>,
+    written: usize,
+    interest: Interest,
+    flush_queued: bool,
+}
+
+pub struct Fleet {
+    poll: Poll,
+    events: Events,
+    clients: Slab<Client>,
+    dirty: Vec<usize>,
+    server: SocketAddr,
+    sources: Vec<IpAddr>,
+    next_source: usize,
+    /// Bytes of text messages received, for reports.
+    pub bytes_in: u64,
+}
+
+const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: loadtest\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+impl Fleet {
+    /// `sources` are the local addresses connections are spread over (several loopback
+    /// addresses give each its own ephemeral-port range); empty means the OS picks.
+    pub fn new(server: SocketAddr, sources: Vec<IpAddr>) -> io::Result<Fleet> {
+        Ok(Fleet {
+            poll: Poll::new()?,
+            events: Events::with_capacity(4096),
+            clients: Slab::default(),
+            dirty: Vec::new(),
+            server,
+            sources,
+            next_source: 0,
+            bytes_in: 0,
+        })
+    }
+
+    /// Starts connecting a new client; `Opened` follows once the upgrade completes.
+    pub fn connect(&mut self) -> io::Result<usize> {
+        let stream = self.open_socket()?;
+        let mut client = Client {
+            stream,
+            state: State::Connecting { response: Vec::new() },
+            out: UPGRADE.as_bytes().to_vec(),
+            written: 0,
+            interest: Interest::READABLE | Interest::WRITABLE,
+            flush_queued: false,
+        };
+        let key = self.clients.vacant_key();
+        self.poll.registry().register(&mut client.stream, Token(key), client.interest)?;
+        Ok(self.clients.insert(client))
+    }
+
+    fn open_socket(&mut self) -> io::Result<TcpStream> {
+        use socket2::{Domain, SockAddr, Socket, Type};
+        let socket = Socket::new(Domain::for_address(self.server), Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        socket.set_tcp_nodelay(true)?;
+        if !self.sources.is_empty() {
+            let source = self.sources[self.next_source % self.sources.len()];
+            self.next_source += 1;
+            socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
+        }
+        match socket.connect(&SockAddr::from(self.server)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc_einprogress()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        Ok(TcpStream::from_std(socket.into()))
+    }
+
+    /// Queues a text message; it is written at the end of the turn.
+    pub fn send(&mut self, key: usize, text: &str) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        let State::Open(ws) = &mut client.state else { return };
+        let mut io = OutIo { out: &mut client.out };
+        // Frames go to our buffer (write_buffer_size 0 + an always-accepting writer).
+        let _ = ws.write(&mut io, Message::text(text));
+        if !client.flush_queued {
+            client.flush_queued = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Closes a client's connection at once (no close handshake: an abrupt leave).
+    pub fn drop_client(&mut self, key: usize) {
+        if self.clients.contains(key) {
+            let mut client = self.clients.remove(key);
+            let _ = self.poll.registry().deregister(&mut client.stream);
+        }
+    }
+
+    /// One turn: wait up to `timeout`, read everything ready, write everything queued.
+    pub fn turn(&mut self, timeout: Duration, events: &mut Vec<(usize, ClientEvent)>) -> io::Result<()> {
+        self.flush_all();
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let ready: Vec<(usize, bool, bool)> = self
+            .events
+            .iter()
+            .map(|e| (e.token().0, e.is_readable() || e.is_read_closed() || e.is_error(), e.is_writable()))
+            .collect();
+        for (key, readable, writable) in ready {
+            if writable {
+                self.queue_flush(key);
+            }
+            if readable {
+                self.read(key, events);
+            }
+        }
+        self.flush_all();
+        Ok(())
+    }
+
+    fn queue_flush(&mut self, key: usize) {
+        if let Some(client) = self.clients.get_mut(key)
+            && !client.flush_queued
+        {
+            client.flush_queued = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn read(&mut self, key: usize, events: &mut Vec<(usize, ClientEvent)>) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        if let State::Connecting { response } = &mut client.state {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match client.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        client.state = State::Closed;
+                        events.push((key, ClientEvent::Closed(None)));
+                        return;
+                    }
+                    Ok(n) => response.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        client.state = State::Closed;
+                        events.push((key, ClientEvent::Closed(None)));
+                        return;
+                    }
+                }
+            }
+            let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return };
+            if !response.starts_with(b"HTTP/1.1 101") {
+                client.state = State::Closed;
+                events.push((key, ClientEvent::Closed(None)));
+                return;
+            }
+            let rest = response[end + 4..].to_vec();
+            let config = WebSocketConfig::default().read_buffer_size(16 << 10).write_buffer_size(0);
+            client.state = State::Open(Box::new(WebSocketContext::from_partially_read(
+                rest,
+                Role::Client,
+                Some(config),
+            )));
+            events.push((key, ClientEvent::Opened));
+        }
+        let State::Open(ws) = &mut client.state else { return };
+        loop {
+            let mut io = SocketIo { stream: &mut client.stream, out: &mut client.out };
+            match ws.read(&mut io) {
+                Ok(Message::Text(text)) => {
+                    self.bytes_in += text.len() as u64;
+                    events.push((key, ClientEvent::Text(text)));
+                }
+                Ok(Message::Close(frame)) => {
+                    events.push((key, ClientEvent::Closed(frame.map(|f| f.code.into()))));
+                    client.state = State::Closed;
+                    break;
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    events.push((key, ClientEvent::Closed(None)));
+                    client.state = State::Closed;
+                    break;
+                }
+            }
+        }
+        if client.out.len() > client.written && !client.flush_queued {
+            client.flush_queued = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(client) = self.clients.get_mut(key) else { continue };
+            client.flush_queued = false;
+            let mut pending = false;
+            while client.written < client.out.len() {
+                match client.stream.write_vectored(&[IoSlice::new(&client.out[client.written..])]) {
+                    Ok(0) => break,
+                    Ok(n) => client.written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        pending = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                        pending = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if client.written == client.out.len() {
+                client.out.clear();
+                client.written = 0;
+            }
+            let wanted = if pending { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            if wanted != client.interest
+                && self.poll.registry().reregister(&mut client.stream, Token(key), wanted).is_ok()
+            {
+                client.interest = wanted;
+            }
+        }
+    }
+}
+
+fn libc_einprogress() -> i32 {
+    // EINPROGRESS on Linux.
+    115
+}
+
+/// tungstenite's view of a client socket: reads from it, writes into our buffer.
+struct SocketIo<'a> {
+    stream: &'a mut TcpStream,
+    out: &'a mut Vec<u8>,
+}
+
+impl Read for SocketIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for SocketIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct OutIo<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl Read for OutIo<'_> {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl Write for OutIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! `loadtest`: command line -> mode -> table or JSON.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use loadtest::churn::{self, ChurnOptions};
+use loadtest::idle::{self, IdleOptions};
+use loadtest::relay::{self, RelayOptions};
+use loadtest::{Target, procfs};
+
+const HELP: &str = "\
+loadtest: load generator for signaling-server (speaks only the wire protocol)
+
+USAGE:
+    loadtest [COMMON OPTIONS] relay|idle|churn [MODE OPTIONS]
+
+COMMON OPTIONS:
+    --url URL            Server to test. [default: ws://127.0.0.1:8080/]
+    --server-pid PID     The server's process id (same machine): adds its CPU time per
+                         message and its memory to the report.
+    --sources N          Loopback source addresses to spread connections over
+                         (127.0.0.2 and up; only for a loopback server). [default: 4]
+    --json               Print the report as JSON instead of a table.
+
+relay: P pairs in sessions send ICE candidates both ways.
+    --pairs P            [default: 100]
+    --window W           Messages in flight per direction (1 = ping-pong). [default: 32]
+    --rate R             Open loop: offer R messages/s in total, spread over the clients,
+                         instead of a window. Latency then counts from the scheduled time.
+    --warmup SECONDS     Not measured. [default: 1]
+    --duration SECONDS   Measured. [default: 5]
+    --payload BYTES      Size of each candidate payload. [default: 200]
+
+idle: N registered clients that stay idle.
+    --clients N          [default: 1000]
+    --concurrency C      Connections being set up at once. [default: 500]
+    --settle SECONDS     Time connected after the last registration, before memory is
+                         read. [default: 1]
+
+churn: a burst of N joins, then N leaves, while W clients wait and P pairs relay.
+    --watchers W         [default: 100]
+    --pairs P            [default: 10]
+    --burst N            [default: 1000]
+    --concurrency C      [default: 500]
+
+Every mode stops by itself (setup and phases time out after 60 s). Many connections need
+a high file-descriptor limit: `ulimit -n 65536` (the current limit is printed when too low).
+";
+
+enum Mode {
+    Relay(RelayOptions),
+    Idle(IdleOptions),
+    Churn(ChurnOptions),
+}
+
+struct Args {
+    url: String,
+    server_pid: Option<u32>,
+    sources: usize,
+    json: bool,
+    mode: Mode,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let mut args = Args {
+        url: "ws://127.0.0.1:8080/".into(),
+        server_pid: None,
+        sources: 4,
+        json: false,
+        mode: Mode::Relay(RelayOptions::default()),
+    };
+    let mut mode_seen = false;
+    fn num<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, String> {
+        let value = parser.value().map_err(|e| e.to_string())?;
+        value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| format!("{flag}: bad value {value:?}"))
+    }
+    fn secs(parser: &mut lexopt::Parser, flag: &str) -> Result<Duration, String> {
+        let s: f64 = num(parser, flag)?;
+        if !(0.0..=3600.0).contains(&s) {
+            return Err(format!("{flag}: between 0 and 3600 seconds"));
+        }
+        Ok(Duration::from_secs_f64(s))
+    }
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match (&mut args.mode, arg) {
+            (_, Short('h') | Long("help")) => return Ok(None),
+            (_, Long("url")) => args.url = num(&mut parser, "--url")?,
+            (_, Long("server-pid")) => args.server_pid = Some(num(&mut parser, "--server-pid")?),
+            (_, Long("sources")) => args.sources = num(&mut parser, "--sources")?,
+            (_, Long("json")) => args.json = true,
+            (_, Value(mode)) if !mode_seen => {
+                mode_seen = true;
+                args.mode = match mode.to_str() {
+                    Some("relay") => Mode::Relay(RelayOptions::default()),
+                    Some("idle") => Mode::Idle(IdleOptions::default()),
+                    Some("churn") => Mode::Churn(ChurnOptions::default()),
+                    _ => return Err(format!("unknown mode {mode:?}: relay, idle or churn")),
+                };
+            }
+            (Mode::Relay(o), Long("pairs")) => o.pairs = num(&mut parser, "--pairs")?,
+            (Mode::Relay(o), Long("window")) => o.window = num(&mut parser, "--window")?,
+            (Mode::Relay(o), Long("rate")) => o.rate = Some(num(&mut parser, "--rate")?),
+            (Mode::Relay(o), Long("warmup")) => o.warmup = secs(&mut parser, "--warmup")?,
+            (Mode::Relay(o), Long("duration")) => o.duration = secs(&mut parser, "--duration")?,
+            (Mode::Relay(o), Long("payload")) => o.payload_bytes = num(&mut parser, "--payload")?,
+            (Mode::Idle(o), Long("clients")) => o.clients = num(&mut parser, "--clients")?,
+            (Mode::Idle(o), Long("concurrency")) => o.concurrency = num(&mut parser, "--concurrency")?,
+            (Mode::Idle(o), Long("settle")) => o.settle = secs(&mut parser, "--settle")?,
+            (Mode::Churn(o), Long("watchers")) => o.watchers = num(&mut parser, "--watchers")?,
+            (Mode::Churn(o), Long("pairs")) => o.pairs = num(&mut parser, "--pairs")?,
+            (Mode::Churn(o), Long("burst")) => o.burst = num(&mut parser, "--burst")?,
+            (Mode::Churn(o), Long("concurrency")) => o.concurrency = num(&mut parser, "--concurrency")?,
+            (_, other) => return Err(other.unexpected().to_string()),
+        }
+    }
+    if !mode_seen {
+        return Err("give a mode: relay, idle or churn".into());
+    }
+    Ok(Some(args))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("loadtest: {message}\nTry --help.");
+            return ExitCode::from(2);
+        }
+    };
+    let target = match Target::new(&args.url, args.sources, args.server_pid) {
+        Ok(target) => target,
+        Err(message) => {
+            eprintln!("loadtest: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let connections = match &args.mode {
+        Mode::Relay(o) => 2 * o.pairs,
+        Mode::Idle(o) => o.clients,
+        Mode::Churn(o) => o.watchers + 2 * o.pairs + o.burst,
+    };
+    if let Some(limit) = procfs::open_files_limit()
+        && limit < connections as u64 + 64
+    {
+        eprintln!(
+            "loadtest: {connections} connections need more than the open-files limit {limit}; run `ulimit -n 65536` first"
+        );
+        return ExitCode::from(2);
+    }
+    let result = match &args.mode {
+        Mode::Relay(options) => relay::run(&target, options).map(|r| emit(args.json, &r, relay::print)),
+        Mode::Idle(options) => idle::run(&target, options).map(|r| emit(args.json, &r, idle::print)),
+        Mode::Churn(options) => churn::run(&target, options).map(|r| emit(args.json, &r, churn::print)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn emit<R: serde::Serialize>(json: bool, report: &R, print: fn(&R)) {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("loadtest: cannot encode the report: {e}"),
+        }
+    } else {
+        print(report);
+    }
+}
