@@ -13,6 +13,7 @@
 //! [`config`] holds every limit and default, and parses the command line.
 
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod signaling;
 pub mod transport;

@@ -195,9 +195,12 @@ impl Fleet {
             events.push((key, ClientEvent::Opened));
         }
         let State::Open(ws) = &mut client.state else { return };
+        let mut drained = false;
         loop {
-            let mut io = SocketIo { stream: &mut client.stream, out: &mut client.out };
-            match ws.read(&mut io) {
+            let mut io = SocketIo { stream: &mut client.stream, out: &mut client.out, drained };
+            let result = ws.read(&mut io);
+            drained = io.drained;
+            match result {
                 Ok(Message::Text(text)) => {
                     self.bytes_in += text.len() as u64;
                     events.push((key, ClientEvent::Text(text)));
@@ -265,11 +268,19 @@ fn libc_einprogress() -> i32 {
 struct SocketIo<'a> {
     stream: &'a mut TcpStream,
     out: &'a mut Vec<u8>,
+    /// A short read emptied the socket: the next read would only say EAGAIN, so skip the
+    /// syscall (edge-triggered polling reports any data that arrives later).
+    drained: bool,
 }
 
 impl Read for SocketIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
+        if self.drained {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.stream.read(buf)?;
+        self.drained = n > 0 && n < buf.len();
+        Ok(n)
     }
 }
 

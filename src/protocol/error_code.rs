@@ -48,6 +48,11 @@ impl ErrorCode {
         self as u16
     }
 
+    /// Position in [`ErrorCode::ALL`], for per-code counters.
+    pub fn index(self) -> usize {
+        ErrorCode::ALL.iter().position(|&code| code == self).unwrap_or(0)
+    }
+
     /// The complete `error` message for this code. Errors never carry client data, so each
     /// one is a constant: answering an error costs no formatting and no allocation.
     pub fn message(self) -> &'static str {

@@ -30,6 +30,18 @@ pub enum CommandKind {
 }
 
 impl CommandKind {
+    /// Every kind, in the order of their discriminants.
+    pub const ALL: [CommandKind; 8] = [
+        CommandKind::Register,
+        CommandKind::Session,
+        CommandKind::Call,
+        CommandKind::Accept,
+        CommandKind::IceCandidate,
+        CommandKind::Reject,
+        CommandKind::Stop,
+        CommandKind::Notify,
+    ];
+
     fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "sId" => CommandKind::Register,

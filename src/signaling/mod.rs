@@ -38,23 +38,40 @@ use client_list::ClientList;
 use registry::Registry;
 use sessions::{SessionKey, Sessions};
 
-/// Counters the core keeps about itself (the transport exports them as metrics).
+/// The core's state in numbers (the transport exports them as metrics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CoreStats {
     pub registered: usize,
     pub sessions: usize,
+    pub sessions_new: usize,
+    pub sessions_pending: usize,
+    pub sessions_active: usize,
     pub client_lists_sent: u64,
     pub client_list_bytes: u64,
+}
+
+/// What the core has been asked and has answered, since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreCounters {
+    /// Messages that passed checks 1-3, by [`CommandKind`] (as its index).
+    pub commands: [u64; CommandKind::ALL.len()],
+    /// Messages that failed checks 1-3 (not JSON, wrong shape, unknown command).
+    pub invalid_messages: u64,
+    /// `error` messages sent, indexed like [`ErrorCode::ALL`].
+    pub errors: [u64; ErrorCode::ALL.len()],
 }
 
 pub struct Signaling {
     registry: Registry,
     sessions: Sessions,
     client_list: ClientList,
-    parser: Parser,
+    /// Taken out while a message is handled (its result borrows it); an `Option` so that
+    /// taking it is a move, not the construction of a fresh parser's buffers.
+    parser: Option<Parser>,
     /// Reused for composing each outgoing message.
     scratch: Vec<u8>,
     random: Box<dyn FnMut() -> u64>,
+    counters: CoreCounters,
 }
 
 impl Default for Signaling {
@@ -75,16 +92,25 @@ impl Signaling {
             registry: Registry::default(),
             sessions: Sessions::default(),
             client_list: ClientList::new(pacing),
-            parser: Parser::default(),
+            parser: Some(Parser::default()),
             scratch: Vec::with_capacity(256),
             random,
+            counters: CoreCounters::default(),
         }
     }
 
+    pub fn counters(&self) -> CoreCounters {
+        self.counters
+    }
+
     pub fn stats(&self) -> CoreStats {
+        let in_state = |state| self.sessions.iter().filter(|(_, session)| session.state == state).count();
         CoreStats {
             registered: self.registry.len(),
             sessions: self.sessions.len(),
+            sessions_new: in_state(SessionState::New),
+            sessions_pending: in_state(SessionState::Pending),
+            sessions_active: in_state(SessionState::Active),
             client_lists_sent: self.client_list.lists_sent,
             client_list_bytes: self.client_list.bytes_sent,
         }
@@ -136,21 +162,30 @@ impl Signaling {
 
     /// Handles one complete message (text or binary) from `from`.
     pub fn handle_message(&mut self, from: ConnId, raw: &[u8], now: Instant, out: &mut dyn Outbox) {
-        let mut parser = std::mem::take(&mut self.parser);
+        let mut parser = self.parser.take().unwrap_or_default();
         let result = match parser.parse(raw) {
             Ok(request) => {
+                self.counters.commands[request.kind as usize] += 1;
                 if request.kind != CommandKind::Register && self.registry.get(from).is_none() {
                     Err(ErrorCode::NotRegistered)
                 } else {
                     request.command().and_then(|command| self.execute(from, command, now, out))
                 }
             }
-            Err(code) => Err(code),
+            Err(code) => {
+                self.counters.invalid_messages += 1;
+                Err(code)
+            }
         };
-        self.parser = parser;
+        self.parser = Some(parser);
         if let Err(code) = result {
-            out.send(from, code.message().as_bytes());
+            self.send_error(from, code, out);
         }
+    }
+
+    fn send_error(&mut self, to: ConnId, code: ErrorCode, out: &mut dyn Outbox) {
+        self.counters.errors[code.index()] += 1;
+        out.send(to, code.message().as_bytes());
     }
 
     fn execute(
@@ -245,7 +280,7 @@ impl Signaling {
         self.scratch.clear();
         encode::relayed(&mut self.scratch, action, session_id, &sender.sid_json, payload);
         if out.send(opponent, &self.scratch) == Delivery::Closing {
-            out.send(from, ErrorCode::OpponentGone.message().as_bytes());
+            self.send_error(from, ErrorCode::OpponentGone, out);
             self.close_session(key, members, now, out);
             return Ok(());
         }

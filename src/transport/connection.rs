@@ -53,14 +53,29 @@ pub struct WsIo<'a> {
     pub socket: &'a mut TcpStream,
     pub out: &'a mut Output,
     pub cap: usize,
-    /// Some bytes arrived: a sign of life for the liveness check.
-    pub received: bool,
+    /// Bytes read: any is a sign of life for the liveness check.
+    pub received: usize,
+    /// A read returned less than asked: the socket is empty for now, so the next read
+    /// reports `WouldBlock` without a syscall. Safe with edge-triggered polling: data
+    /// arriving after that read raises a new event. Saves one `read` per wake-up, which
+    /// is a third of the syscalls when each connection has one message per turn.
+    pub drained: bool,
+}
+
+impl<'a> WsIo<'a> {
+    pub fn new(socket: &'a mut TcpStream, out: &'a mut Output, cap: usize) -> Self {
+        WsIo { socket, out, cap, received: 0, drained: false }
+    }
 }
 
 impl Read for WsIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.drained {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         let n = self.socket.read(buf)?;
-        self.received |= n > 0;
+        self.received += n;
+        self.drained = n > 0 && n < buf.len();
         Ok(n)
     }
 }

@@ -11,6 +11,7 @@ use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::connection::{Connection, Phase};
+use crate::metrics::CloseReason;
 use crate::signaling::{ConnId, Delivery, Outbox};
 
 /// Bytes a frame header adds at most.
@@ -20,11 +21,25 @@ const FRAME_OVERHEAD: usize = 14;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Doom {
     /// Gone without a close handshake: reset, EOF, liveness timeout, write error.
-    Drop(&'static str),
+    Drop(CloseReason),
     /// We close it with this code; the peer's close reply is awaited for a short while.
     Close(CloseCode, &'static str),
     /// The peer sent a close frame; tungstenite has queued the reply.
     PeerClosed,
+}
+
+impl Doom {
+    pub fn reason(self) -> CloseReason {
+        match self {
+            Doom::Drop(reason) => reason,
+            Doom::PeerClosed => CloseReason::ClientClose,
+            Doom::Close(CloseCode::Size, _) => CloseReason::MessageTooBig,
+            Doom::Close(CloseCode::Policy, _) => CloseReason::OutputLimit,
+            Doom::Close(CloseCode::Invalid, _) => CloseReason::InvalidUtf8,
+            Doom::Close(CloseCode::Away, _) => CloseReason::Shutdown,
+            Doom::Close(..) => CloseReason::ProtocolError,
+        }
+    }
 }
 
 pub struct Connections {
@@ -101,11 +116,10 @@ impl Outbox for Connections {
 
     fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> bool {
         let Some(conn) = self.live(to) else { return true };
-        if conn.out.has_unsent_list() {
-            return false;
+        let queued = conn.out.push_list(list);
+        if queued {
+            self.queue_flush(to);
         }
-        conn.out.push_list(list);
-        self.queue_flush(to);
-        true
+        queued
     }
 }

@@ -29,9 +29,10 @@ use tungstenite::{Bytes, Message, Utf8Bytes};
 
 use super::connection::{Connection, Phase, WsIo};
 use super::connections::{Connections, Doom};
-use super::http::{self, Head};
+use super::http::{self, Head, Route};
 use super::output::Flush;
 use crate::config::Config;
+use crate::metrics::{CloseReason, Metrics};
 use crate::signaling::{ConnId, Signaling};
 
 const LISTENER: Token = Token(0);
@@ -47,6 +48,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Read buffer per WebSocket connection. Small on purpose: thousands of idle clients;
 /// tungstenite grows it for a bigger frame and the frame's bytes leave with the message.
 const READ_BUFFER: usize = 4096;
+
+/// The demo page and the JavaScript client, built into the binary.
+const DEMO_PAGE: &str = include_str!("../../web/index.html");
+const CLIENT_JS: &str = include_str!("../../web/client.js");
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
@@ -82,6 +87,7 @@ impl Server {
             listener: Some(listener),
             signals,
             read_again: Vec::new(),
+            metrics: Metrics::default(),
             accept_paused_until: None,
             shutdown_deadline: None,
         };
@@ -117,6 +123,7 @@ struct EventLoop {
     core: Signaling,
     /// Connections that hit `MESSAGES_PER_READ` and still have data.
     read_again: Vec<ConnId>,
+    metrics: Metrics,
     accept_paused_until: Option<Instant>,
     tick: Duration,
     next_tick: Instant,
@@ -145,6 +152,7 @@ impl EventLoop {
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
+            let turn_started = now;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
@@ -175,6 +183,7 @@ impl EventLoop {
                 self.settle(now);
             }
             self.flush_dirty(now);
+            self.metrics.turn(turn_started.elapsed());
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns.slab.is_empty() || now >= deadline)
             {
@@ -208,6 +217,7 @@ impl EventLoop {
             };
             if self.conns.slab.len() >= self.config.max_connections {
                 debug!("refusing {peer}: {} connections open", self.conns.slab.len());
+                self.metrics.connections_refused += 1;
                 // Best effort: a fresh socket's send buffer takes this small response.
                 let _ = socket.write(http::SERVICE_UNAVAILABLE);
                 continue;
@@ -221,6 +231,7 @@ impl EventLoop {
                 continue;
             }
             debug!("accepted {peer} as {}", entry.key());
+            self.metrics.connections_accepted += 1;
             entry.insert(Connection {
                 socket,
                 generation,
@@ -271,6 +282,7 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break None,
             };
+            self.metrics.bytes_received += n as u64;
             let searched_from = head.len().saturating_sub(3);
             head.extend_from_slice(&chunk[..n]);
             let full = head.len() >= max_head;
@@ -285,11 +297,14 @@ impl EventLoop {
             }
         };
         match decision {
-            None => self.remove(id),
-            Some(Head::Respond(response)) => {
-                conn.out.push_raw(response);
-                conn.phase = Phase::Closing { ws: None, deadline: now + CLOSE_LINGER, peer_done: false };
-                self.conns.queue_flush(id);
+            None => {
+                self.metrics.closed(CloseReason::ConnectionLost);
+                self.remove(id);
+            }
+            Some(Head::Respond(response)) => self.respond(id, response, now),
+            Some(Head::Page { route, head_only }) => {
+                let response = self.page(route, head_only);
+                self.respond(id, &response, now);
             }
             Some(Head::Upgrade { response, head_len }) => {
                 let early_frames = head.get(head_len..).unwrap_or_default().to_vec();
@@ -304,8 +319,31 @@ impl EventLoop {
         }
     }
 
+    /// Answers a plain HTTP request and closes the connection once the answer is out.
+    fn respond(&mut self, id: ConnId, response: &[u8], now: Instant) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        conn.out.push_raw(response);
+        conn.phase = Phase::Closing { ws: None, deadline: now + CLOSE_LINGER, peer_done: false };
+        self.conns.queue_flush(id);
+        self.metrics.closed(CloseReason::Http);
+    }
+
+    fn page(&self, route: Route, head_only: bool) -> Vec<u8> {
+        match route {
+            Route::Index => http::ok("text/html; charset=utf-8", DEMO_PAGE.as_bytes(), head_only),
+            Route::ClientJs => http::ok("text/javascript; charset=utf-8", CLIENT_JS.as_bytes(), head_only),
+            Route::Health => http::ok("text/plain; charset=utf-8", b"ok\n", head_only),
+            Route::Metrics => {
+                let body =
+                    self.metrics.render(&self.core.stats(), &self.core.counters(), self.conns.slab.len());
+                http::ok("text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), head_only)
+            }
+        }
+    }
+
     fn read_messages(&mut self, id: ConnId, now: Instant) {
         let cap = self.config.max_output;
+        let mut drained = false;
         for _ in 0..MESSAGES_PER_READ {
             let Some(conn) = self.conns.get_mut(id) else { return };
             if conn.doomed {
@@ -313,10 +351,13 @@ impl EventLoop {
             }
             let Connection { socket, out, phase, .. } = conn;
             let Phase::Open { ws, last_seen } = phase else { return };
-            let mut io = WsIo { socket, out, cap, received: false };
+            let mut io = WsIo::new(socket, out, cap);
+            io.drained = drained;
             let result = ws.read(&mut io);
-            if io.received {
+            drained = io.drained;
+            if io.received > 0 {
                 *last_seen = now;
+                self.metrics.bytes_received += io.received as u64;
             }
             if !out.is_empty() {
                 self.conns.queue_flush(id);
@@ -356,7 +397,7 @@ impl EventLoop {
         let Phase::Closing { ws, peer_done, .. } = phase else { return };
         for _ in 0..MESSAGES_PER_READ {
             let done = match ws {
-                Some(ws) => match ws.read(&mut WsIo { socket, out, cap, received: false }) {
+                Some(ws) => match ws.read(&mut WsIo::new(socket, out, cap)) {
                     Ok(Message::Close(_)) => true,
                     Ok(_) => false,
                     Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -388,14 +429,14 @@ impl EventLoop {
             let Some(conn) = self.conns.get_mut(id) else { continue };
             let was_open = conn.is_open();
             debug!("closing {}: {doom:?}", id.index());
+            self.metrics.closed(doom.reason());
             match doom {
                 Doom::Drop(_) => self.remove(id),
                 Doom::PeerClosed => {
                     let Connection { socket, out, phase, .. } = conn;
                     if let Phase::Open { mut ws, .. } = std::mem::replace(phase, placeholder(now)) {
                         // tungstenite queued the close reply internally; move it to our output.
-                        let _ =
-                            ws.flush(&mut WsIo { socket, out, cap: self.config.max_output, received: false });
+                        let _ = ws.flush(&mut WsIo::new(socket, out, self.config.max_output));
                         *phase =
                             Phase::Closing { ws: Some(ws), deadline: now + CLOSE_LINGER, peer_done: true };
                     }
@@ -419,7 +460,7 @@ impl EventLoop {
         if let Phase::Open { mut ws, .. } = std::mem::replace(phase, placeholder(deadline)) {
             let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
             // Errors here only mean the frame could not be queued; the deadline still ends it.
-            let _ = ws.close(&mut WsIo { socket, out, cap, received: false }, Some(frame));
+            let _ = ws.close(&mut WsIo::new(socket, out, cap), Some(frame));
             *phase = Phase::Closing { ws: Some(ws), deadline, peer_done: false };
         }
         self.conns.queue_flush(id);
@@ -437,21 +478,19 @@ impl EventLoop {
         }
         let cap = self.config.max_output;
         // Usually empty: a tick that finds nothing expired allocates nothing.
-        let mut expired: SmallVec<[ConnId; 8]> = SmallVec::new();
+        let mut expired: SmallVec<[(ConnId, bool); 8]> = SmallVec::new();
         let mut dooms: SmallVec<[ConnId; 8]> = SmallVec::new();
         for (key, conn) in self.conns.slab.iter_mut() {
             let id = ConnId::new(key as u32, conn.generation);
             let Connection { socket, out, phase, .. } = conn;
             match phase {
-                Phase::Handshake { deadline, .. } | Phase::Closing { deadline, .. } if now >= *deadline => {
-                    expired.push(id);
-                }
+                Phase::Handshake { deadline, .. } if now >= *deadline => expired.push((id, true)),
+                Phase::Closing { deadline, .. } if now >= *deadline => expired.push((id, false)),
                 Phase::Open { last_seen, .. } if now.duration_since(*last_seen) >= silent_limit => {
                     dooms.push(id);
                 }
                 Phase::Open { ws, .. } if ping && self.shutdown_deadline.is_none() => {
-                    let _ = ws
-                        .write(&mut WsIo { socket, out, cap, received: false }, Message::Ping(Bytes::new()));
+                    let _ = ws.write(&mut WsIo::new(socket, out, cap), Message::Ping(Bytes::new()));
                     if !conn.flush_queued {
                         conn.flush_queued = true;
                         self.conns.dirty.push(id);
@@ -460,12 +499,15 @@ impl EventLoop {
                 _ => {}
             }
         }
-        for id in expired {
+        for (id, in_handshake) in expired {
             debug!("deadline passed for {}", id.index());
+            if in_handshake {
+                self.metrics.closed(CloseReason::HandshakeTimeout);
+            }
             self.remove(id);
         }
         for id in dooms {
-            self.conns.doom(id, Doom::Drop("liveness timeout"));
+            self.conns.doom(id, Doom::Drop(CloseReason::LivenessTimeout));
         }
         self.settle(now);
     }
@@ -482,12 +524,12 @@ impl EventLoop {
     fn flush(&mut self, id: ConnId, now: Instant) {
         let Some(conn) = self.conns.get_mut(id) else { return };
         conn.flush_queued = false;
-        let wanted = match conn.out.write_to(&mut conn.socket) {
+        let wanted = match conn.out.write_to(&mut conn.socket, &mut self.metrics.bytes_sent) {
             Ok(Flush::Done) => Interest::READABLE,
             Ok(Flush::Pending) => Interest::READABLE | Interest::WRITABLE,
             Err(_) => {
                 if conn.is_open() {
-                    self.conns.doom(id, Doom::Drop("write failed"));
+                    self.conns.doom(id, Doom::Drop(CloseReason::ConnectionLost));
                 } else {
                     self.remove(id);
                 }
@@ -531,8 +573,14 @@ impl EventLoop {
         for id in ids {
             let Some(conn) = self.conns.get_mut(id) else { continue };
             match &mut conn.phase {
-                Phase::Open { .. } => self.send_close(id, CloseCode::Away, "server shutting down", deadline),
-                Phase::Handshake { .. } => self.remove(id),
+                Phase::Open { .. } => {
+                    self.metrics.closed(CloseReason::Shutdown);
+                    self.send_close(id, CloseCode::Away, "server shutting down", deadline);
+                }
+                Phase::Handshake { .. } => {
+                    self.metrics.closed(CloseReason::Shutdown);
+                    self.remove(id);
+                }
                 Phase::Closing { deadline: d, .. } => *d = (*d).min(deadline),
             }
         }
@@ -557,10 +605,11 @@ fn placeholder(deadline: Instant) -> Phase {
 fn doom_for(error: &tungstenite::Error) -> Doom {
     use tungstenite::error::ProtocolError;
     match error {
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => Doom::Drop("closed"),
-        tungstenite::Error::Io(_) => Doom::Drop("connection reset"),
-        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            Doom::Drop("connection ended without a close frame")
+        tungstenite::Error::ConnectionClosed
+        | tungstenite::Error::AlreadyClosed
+        | tungstenite::Error::Io(_)
+        | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            Doom::Drop(CloseReason::ConnectionLost)
         }
         tungstenite::Error::Capacity(_) => Doom::Close(CloseCode::Size, "message too big"),
         tungstenite::Error::Utf8(_) => Doom::Close(CloseCode::Invalid, "invalid UTF-8 in a text message"),

@@ -20,9 +20,54 @@ pub enum Head {
     Upgrade { response: String, head_len: usize },
     /// Answer with this complete response and close.
     Respond(&'static [u8]),
+    /// A plain HTTP request for one of the server's own pages (`HEAD`: no body).
+    Page { route: Route, head_only: bool },
+}
+
+/// The plain-HTTP endpoints on the WebSocket port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/`: the demo page.
+    Index,
+    /// `/client.js`: the JavaScript client module.
+    ClientJs,
+    /// `/healthz`: 200 while the loop is serving.
+    Health,
+    /// `/metrics`: Prometheus text format.
+    Metrics,
+}
+
+fn route(method: Option<&str>, path: Option<&str>) -> Head {
+    // The query string plays no part in routing.
+    let path = path.unwrap_or("").split('?').next().unwrap_or("");
+    let route = match path {
+        "/" | "/index.html" => Route::Index,
+        "/client.js" => Route::ClientJs,
+        "/healthz" => Route::Health,
+        "/metrics" => Route::Metrics,
+        _ => return Head::Respond(NOT_FOUND),
+    };
+    if method != Some("GET") && method != Some("HEAD") {
+        return Head::Respond(METHOD_NOT_ALLOWED);
+    }
+    Head::Page { route, head_only: method == Some("HEAD") }
+}
+
+/// A complete `200 OK` response that closes the connection.
+pub fn ok(content_type: &str, body: &[u8], head_only: bool) -> Vec<u8> {
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        response.extend_from_slice(body);
+    }
+    response
 }
 
 pub const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n";
+pub const METHOD_NOT_ALLOWED: &[u8] = b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\nmethod not allowed\n";
 pub const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n";
 pub const UPGRADE_REQUIRED: &[u8] = b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nContent-Type: text/plain\r\nContent-Length: 36\r\nConnection: close\r\n\r\nonly WebSocket version 13 is spoken\n";
 pub const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 26\r\nConnection: close\r\n\r\nrequest head is too large\n";
@@ -58,7 +103,7 @@ pub fn read_head(buf: &[u8], buf_is_full: bool) -> Head {
             .any(|item| item.trim().eq_ignore_ascii_case(token))
     };
     if !has_token("upgrade", "websocket") {
-        return Head::Respond(NOT_FOUND);
+        return route(request.method, request.path);
     }
     if request.method != Some("GET") || !has_token("connection", "upgrade") {
         return Head::Respond(BAD_REQUEST);
@@ -99,6 +144,26 @@ mod tests {
     }
 
     #[test]
+    fn plain_requests_are_routed_by_path_without_the_query() {
+        for (request, route) in [
+            ("GET / HTTP/1.1\r\n\r\n", Route::Index),
+            ("GET /?name=alice HTTP/1.1\r\n\r\n", Route::Index),
+            ("GET /client.js HTTP/1.1\r\n\r\n", Route::ClientJs),
+            ("HEAD /healthz HTTP/1.1\r\n\r\n", Route::Health),
+            ("GET /metrics HTTP/1.1\r\nAccept: text/plain\r\n\r\n", Route::Metrics),
+        ] {
+            let head_only = request.starts_with("HEAD");
+            assert_eq!(read_head(request.as_bytes(), false), Head::Page { route, head_only }, "{request}");
+        }
+        let response = ok("text/plain", b"ok\n", false);
+        assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n") && response.ends_with(b"\r\n\r\nok\n"));
+        assert!(
+            ok("text/plain", b"ok\n", true)
+                .ends_with(b"Content-Length: 3\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
+        );
+    }
+
+    #[test]
     fn partial_heads_wait_and_oversized_ones_get_431() {
         assert_eq!(read_head(&UPGRADE.as_bytes()[..40], false), Head::Partial);
         assert_eq!(read_head(&UPGRADE.as_bytes()[..40], true), Head::Respond(HEAD_TOO_LARGE));
@@ -109,7 +174,8 @@ mod tests {
 
     #[test]
     fn plain_and_broken_requests_get_http_errors() {
-        assert_eq!(read_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false), Head::Respond(NOT_FOUND));
+        assert_eq!(read_head(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", false), Head::Respond(NOT_FOUND));
+        assert_eq!(read_head(b"POST /metrics HTTP/1.1\r\n\r\n", false), Head::Respond(METHOD_NOT_ALLOWED));
         assert_eq!(
             read_head(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", false),
             Head::Respond(BAD_REQUEST)
@@ -127,7 +193,14 @@ mod tests {
 
     #[test]
     fn canned_responses_have_honest_content_lengths() {
-        for response in [NOT_FOUND, BAD_REQUEST, UPGRADE_REQUIRED, HEAD_TOO_LARGE, SERVICE_UNAVAILABLE] {
+        for response in [
+            NOT_FOUND,
+            METHOD_NOT_ALLOWED,
+            BAD_REQUEST,
+            UPGRADE_REQUIRED,
+            HEAD_TOO_LARGE,
+            SERVICE_UNAVAILABLE,
+        ] {
             let text = std::str::from_utf8(response).expect("ascii");
             let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
             let declared: usize = head

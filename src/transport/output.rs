@@ -28,6 +28,8 @@ pub struct Output {
 
 enum Segment {
     Owned(Vec<u8>),
+    /// The frame header of the client list that follows (at most 10 bytes, then its length).
+    ListHeader([u8; 10], u8),
     SharedList(Rc<[u8]>),
 }
 
@@ -35,6 +37,7 @@ impl Segment {
     fn bytes(&self) -> &[u8] {
         match self {
             Segment::Owned(bytes) => bytes,
+            Segment::ListHeader(bytes, len) => &bytes[..usize::from(*len)],
             Segment::SharedList(bytes) => bytes,
         }
     }
@@ -53,7 +56,7 @@ impl Output {
         self.segments.is_empty()
     }
 
-    /// Unsent bytes, client lists excluded.
+    /// Unsent bytes, client lists (and their headers) excluded.
     pub fn unsent_counted(&self) -> usize {
         let mut total = 0;
         for (index, segment) in self.segments.iter().enumerate() {
@@ -62,10 +65,6 @@ impl Output {
             }
         }
         total
-    }
-
-    pub fn has_unsent_list(&self) -> bool {
-        self.segments.iter().any(|segment| matches!(segment, Segment::SharedList(_)))
     }
 
     fn owned_tail(&mut self) -> &mut Vec<u8> {
@@ -86,10 +85,31 @@ impl Output {
         tail.extend_from_slice(payload);
     }
 
-    /// Appends a text frame whose payload is a shared client list.
-    pub fn push_list(&mut self, list: &Rc<[u8]>) {
-        push_text_header(self.owned_tail(), list.len());
-        self.segments.push_back(Segment::SharedList(Rc::clone(list)));
+    /// Queues a text frame whose payload is the shared client list. A list queued earlier
+    /// and not yet started is replaced in place (a client holds at most one unsent list,
+    /// and only the newest matters). Returns `false` while an earlier list is partly
+    /// written: the caller offers the newest one again later.
+    pub fn push_list(&mut self, list: &Rc<[u8]>) -> bool {
+        let mut header = Vec::with_capacity(10);
+        push_text_header(&mut header, list.len());
+        let mut fixed = [0u8; 10];
+        fixed[..header.len()].copy_from_slice(&header);
+        let header = Segment::ListHeader(fixed, header.len() as u8);
+        let list = Segment::SharedList(Rc::clone(list));
+        match self.segments.iter().position(|s| matches!(s, Segment::ListHeader(..))) {
+            Some(at) if at > 0 || self.front_written == 0 => {
+                self.segments[at] = header;
+                self.segments[at + 1] = list;
+                true
+            }
+            Some(_) => false,
+            None if self.segments.iter().any(|s| matches!(s, Segment::SharedList(_))) => false,
+            None => {
+                self.segments.push_back(header);
+                self.segments.push_back(list);
+                true
+            }
+        }
     }
 
     /// Appends bytes tungstenite produced (the 101 response, pongs, pings, close frames).
@@ -97,8 +117,9 @@ impl Output {
         self.owned_tail().extend_from_slice(bytes);
     }
 
-    /// Writes as much as the socket takes, all segments in one `writev` where possible.
-    pub fn write_to(&mut self, socket: &mut impl Write) -> io::Result<Flush> {
+    /// Writes as much as the socket takes, all segments in one `writev` where possible,
+    /// adding the bytes written to `sent`.
+    pub fn write_to(&mut self, socket: &mut impl Write, sent: &mut u64) -> io::Result<Flush> {
         while !self.segments.is_empty() {
             let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
@@ -109,7 +130,10 @@ impl Output {
             }
             match socket.write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => self.consume(written),
+                Ok(written) => {
+                    *sent += written as u64;
+                    self.consume(written);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Pending),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -173,7 +197,7 @@ mod tests {
         out.push_text(&[b'x'; 200]);
         out.push_text(&vec![b'y'; 70_000]);
         let mut sock = Trickle { taken: Vec::new(), budget: usize::MAX };
-        assert_eq!(out.write_to(&mut sock).expect("writes"), Flush::Done);
+        assert_eq!(out.write_to(&mut sock, &mut 0).expect("writes"), Flush::Done);
         assert_eq!(&sock.taken[..4], &[0x81, 2, b'h', b'i']);
         assert_eq!(&sock.taken[4..8], &[0x81, 126, 0, 200]);
         let big = 4 + 4 + 200;
@@ -181,22 +205,49 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    fn list(text: &str) -> Rc<[u8]> {
+        Rc::from(text.as_bytes())
+    }
+
     #[test]
-    fn partial_writes_resume_and_the_list_is_tracked() {
+    fn partial_writes_resume_and_lists_are_not_counted() {
         let mut out = Output::default();
         out.push_text(b"relay");
-        out.push_list(&Rc::from(&b"{\"cmd\":\"clu\",\"list\":[]}"[..]));
-        assert!(out.has_unsent_list());
-        // The relay frame and the list's 2-byte header; the shared list itself is not counted.
-        assert_eq!(out.unsent_counted(), 9);
+        assert!(out.push_list(&list(r#"{"cmd":"clu","list":[]}"#)));
+        assert_eq!(out.unsent_counted(), 7);
         let mut sock = Trickle { taken: Vec::new(), budget: 10 };
-        assert_eq!(out.write_to(&mut sock).expect("writes"), Flush::Pending);
-        assert!(out.has_unsent_list());
+        assert_eq!(out.write_to(&mut sock, &mut 0).expect("writes"), Flush::Pending);
         assert_eq!(out.unsent_counted(), 0);
         sock.budget = usize::MAX;
-        assert_eq!(out.write_to(&mut sock).expect("writes"), Flush::Done);
-        assert!(!out.has_unsent_list());
-        assert_eq!(sock.taken.len(), 7 + 25);
+        assert_eq!(out.write_to(&mut sock, &mut 0).expect("writes"), Flush::Done);
+        assert_eq!(sock.taken.len(), 7 + 2 + 23);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_newer_list_replaces_an_unstarted_one_in_place() {
+        let mut out = Output::default();
+        out.push_text(b"a");
+        assert!(out.push_list(&list("[1]")));
+        out.push_text(b"b");
+        assert!(out.push_list(&list("[1,2]")));
+        let mut sock = Trickle { taken: Vec::new(), budget: usize::MAX };
+        out.write_to(&mut sock, &mut 0).expect("writes");
+        assert_eq!(sock.taken, [&[0x81, 1][..], b"a", &[0x81, 5], b"[1,2]", &[0x81, 1], b"b"].concat());
+    }
+
+    #[test]
+    fn a_list_being_written_is_not_replaced() {
+        let mut out = Output::default();
+        assert!(out.push_list(&list("[1,2,3]")));
+        let mut sock = Trickle { taken: Vec::new(), budget: 4 };
+        assert_eq!(out.write_to(&mut sock, &mut 0).expect("writes"), Flush::Pending);
+        assert!(!out.push_list(&list("[4]")), "the first list is half written");
+        sock.budget = usize::MAX;
+        out.write_to(&mut sock, &mut 0).expect("writes");
+        assert!(out.push_list(&list("[4]")), "written out: a new list may follow");
+        out.write_to(&mut sock, &mut 0).expect("writes");
+        assert_eq!(sock.taken, [&[0x81, 7][..], b"[1,2,3]", &[0x81, 3], b"[4]"].concat());
     }
 
     #[test]
@@ -212,6 +263,6 @@ mod tests {
         }
         let mut out = Output::default();
         out.push_text(b"x");
-        assert!(out.write_to(&mut Broken).is_err());
+        assert!(out.write_to(&mut Broken, &mut 0).is_err());
     }
 }

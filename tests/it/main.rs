@@ -7,5 +7,7 @@ mod harness;
 
 mod flows;
 mod garbage;
+mod http_endpoints;
 mod lifecycle;
 mod limits;
+mod loadtest_smoke;

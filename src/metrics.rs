@@ -1,0 +1,185 @@
+//! Counters for `/metrics`, in the Prometheus text format.
+//!
+//! Plain integers: the loop is the only writer and the only reader, so there are no
+//! atomics and no locks. The core keeps its own counters ([`CoreStats`]); this module
+//! holds the transport's and renders both.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::protocol::{CommandKind, ErrorCode};
+use crate::signaling::{CoreCounters, CoreStats};
+
+/// Why a connection ended: the `reason` label of `signaling_connections_closed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close frame.
+    ClientClose,
+    /// TCP ended without a close frame: reset, EOF, or a failed write.
+    ConnectionLost,
+    LivenessTimeout,
+    MessageTooBig,
+    OutputLimit,
+    ProtocolError,
+    InvalidUtf8,
+    HandshakeTimeout,
+    /// A plain HTTP request was answered (or refused) and the connection closed.
+    Http,
+    Shutdown,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 10] = [
+        CloseReason::ClientClose,
+        CloseReason::ConnectionLost,
+        CloseReason::LivenessTimeout,
+        CloseReason::MessageTooBig,
+        CloseReason::OutputLimit,
+        CloseReason::ProtocolError,
+        CloseReason::InvalidUtf8,
+        CloseReason::HandshakeTimeout,
+        CloseReason::Http,
+        CloseReason::Shutdown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientClose => "client_close",
+            CloseReason::ConnectionLost => "connection_lost",
+            CloseReason::LivenessTimeout => "liveness_timeout",
+            CloseReason::MessageTooBig => "message_too_big",
+            CloseReason::OutputLimit => "output_limit",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::Http => "http",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Upper bounds of the loop-iteration histogram buckets, in seconds.
+const TURN_BUCKETS: [f64; 10] = [0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub connections_accepted: u64,
+    /// Refused at accept because `--max-connections` were open.
+    pub connections_refused: u64,
+    closed: [u64; CloseReason::ALL.len()],
+    turn_buckets: [u64; TURN_BUCKETS.len()],
+    turn_count: u64,
+    turn_seconds: f64,
+}
+
+impl Metrics {
+    pub fn closed(&mut self, reason: CloseReason) {
+        self.closed[reason as usize] += 1;
+    }
+
+    /// Records the work time of one loop iteration (not the time it slept).
+    pub fn turn(&mut self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        self.turn_count += 1;
+        self.turn_seconds += seconds;
+        if let Some(bucket) = TURN_BUCKETS.iter().position(|&le| seconds <= le) {
+            self.turn_buckets[bucket] += 1;
+        }
+    }
+
+    /// The whole `/metrics` body.
+    pub fn render(&self, core: &CoreStats, counters: &CoreCounters, open_connections: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");
+        };
+        gauge(
+            "signaling_connections_open",
+            "Open TCP connections, handshakes included.",
+            open_connections as u64,
+        );
+        gauge("signaling_clients_registered", "Clients registered with an sId.", core.registered as u64);
+
+        let _ = write!(
+            out,
+            "# HELP signaling_sessions Live sessions by state.\n# TYPE signaling_sessions gauge\n\
+             signaling_sessions{{state=\"new\"}} {}\nsignaling_sessions{{state=\"pending\"}} {}\n\
+             signaling_sessions{{state=\"active\"}} {}\n",
+            core.sessions_new, core.sessions_pending, core.sessions_active
+        );
+
+        out.push_str("# HELP signaling_commands_received_total Client messages by command; \"invalid\" failed checks 1-3 (not JSON, wrong shape, unknown command).\n");
+        out.push_str("# TYPE signaling_commands_received_total counter\n");
+        for kind in CommandKind::ALL {
+            let _ = writeln!(
+                out,
+                "signaling_commands_received_total{{cmd=\"{}\"}} {}",
+                kind.name(),
+                counters.commands[kind as usize]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "signaling_commands_received_total{{cmd=\"invalid\"}} {}",
+            counters.invalid_messages
+        );
+
+        out.push_str("# HELP signaling_errors_sent_total Error messages sent, by code.\n");
+        out.push_str("# TYPE signaling_errors_sent_total counter\n");
+        for (index, code) in ErrorCode::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "signaling_errors_sent_total{{code=\"{}\"}} {}",
+                code.code(),
+                counters.errors[index]
+            );
+        }
+
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n");
+        };
+        counter("signaling_bytes_received_total", "Bytes read from client sockets.", self.bytes_received);
+        counter("signaling_bytes_sent_total", "Bytes written to client sockets.", self.bytes_sent);
+        counter(
+            "signaling_client_lists_sent_total",
+            "clu messages queued to clients.",
+            core.client_lists_sent,
+        );
+        counter("signaling_client_list_bytes_total", "Bytes of clu messages queued.", core.client_list_bytes);
+        counter(
+            "signaling_connections_accepted_total",
+            "TCP connections accepted.",
+            self.connections_accepted,
+        );
+        counter(
+            "signaling_connections_refused_total",
+            "Connections refused with 503 at --max-connections.",
+            self.connections_refused,
+        );
+
+        out.push_str("# HELP signaling_connections_closed_total Connections ended, by reason.\n");
+        out.push_str("# TYPE signaling_connections_closed_total counter\n");
+        for reason in CloseReason::ALL {
+            let _ = writeln!(
+                out,
+                "signaling_connections_closed_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.closed[reason as usize]
+            );
+        }
+
+        out.push_str("# HELP signaling_loop_iteration_seconds Work time of one event-loop iteration (sleep excluded).\n");
+        out.push_str("# TYPE signaling_loop_iteration_seconds histogram\n");
+        let mut cumulative = 0;
+        for (le, count) in TURN_BUCKETS.iter().zip(self.turn_buckets) {
+            cumulative += count;
+            let _ = writeln!(out, "signaling_loop_iteration_seconds_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "signaling_loop_iteration_seconds_bucket{{le=\"+Inf\"}} {}", self.turn_count);
+        let _ = writeln!(out, "signaling_loop_iteration_seconds_sum {}", self.turn_seconds);
+        let _ = writeln!(out, "signaling_loop_iteration_seconds_count {}", self.turn_count);
+        out
+    }
+}

@@ -1,0 +1,72 @@
+//! A short run of each load-tester mode against the real server: keeps the tool working
+//! and its numbers sane. Not a benchmark (see BENCHMARKS.md for those).
+
+use std::time::Duration;
+
+use loadtest::Target;
+use loadtest::churn::{self, ChurnOptions};
+use loadtest::idle::{self, IdleOptions};
+use loadtest::relay::{self, RelayOptions};
+
+use crate::harness::Server;
+
+fn target(server: &Server) -> Target {
+    Target::new(&server.url(), 2, Some(server.pid())).expect("a ws:// URL")
+}
+
+fn short_relay() -> RelayOptions {
+    RelayOptions {
+        pairs: 10,
+        window: 8,
+        warmup: Duration::from_millis(200),
+        duration: Duration::from_millis(800),
+        ..RelayOptions::default()
+    }
+}
+
+#[test]
+fn relay_closed_loop_delivers_everything_in_order() {
+    let server = Server::start();
+    let report = relay::run(&target(&server), &short_relay()).expect("relay runs");
+    assert!(report.delivered > 0, "{report:?}");
+    assert_eq!((report.lost, report.reordered, report.errors), (0, 0, 0), "{report:?}");
+    assert_eq!(report.latency.samples, report.delivered);
+    assert!(report.per_client_min > 0, "every client got messages: {report:?}");
+    let per_message = report.cpu.server_us_per_message.expect("server CPU is read from /proc");
+    assert!(per_message > 0.0 && per_message < 1000.0, "{per_message} µs per message");
+}
+
+#[test]
+fn relay_open_loop_delivers_the_offered_rate() {
+    let server = Server::start();
+    let options = RelayOptions { rate: Some(2000.0), ..short_relay() };
+    let report = relay::run(&target(&server), &options).expect("relay runs");
+    let expected = 2000.0 * report.measured_seconds;
+    let delivered = report.delivered as f64;
+    assert!((expected * 0.7..expected * 1.3).contains(&delivered), "{delivered} of ~{expected}: {report:?}");
+    assert_eq!((report.lost, report.reordered, report.errors), (0, 0, 0), "{report:?}");
+}
+
+#[test]
+fn idle_registers_every_client_and_reads_server_memory() {
+    let server = Server::start();
+    let options = IdleOptions { clients: 300, settle: Duration::from_millis(200), ..IdleOptions::default() };
+    let report = idle::run(&target(&server), &options).expect("idle runs");
+    assert_eq!((report.registered, report.failed), (300, 0), "{report:?}");
+    assert!(report.clients_per_second > 0.0);
+    assert!(report.server_rss_after_kib.is_some_and(|kib| kib > 0), "{report:?}");
+    assert!(report.client_list_bytes_received > 0, "WAIT clients get lists: {report:?}");
+}
+
+#[test]
+fn churn_converges_after_joins_and_leaves() {
+    let server = Server::start();
+    let options = ChurnOptions { watchers: 20, pairs: 2, burst: 100, ..ChurnOptions::default() };
+    let report = churn::run(&target(&server), &options).expect("churn runs");
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert!(report.join.convergence_seconds < 5.0, "{report:?}");
+    assert!(report.leave.convergence_seconds < 5.0, "{report:?}");
+    assert!(report.join.client_list_bytes_received > 0);
+    assert!(report.relay_latency.samples > 0, "the pairs relayed during the storm: {report:?}");
+    assert_eq!(report.relay_lost, 0);
+}
