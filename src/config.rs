@@ -17,6 +17,20 @@ pub struct Config {
     pub max_request_head: usize,
     pub shutdown_grace: Duration,
     pub client_list: ClientListPacing,
+    /// Commands per second a connection may send on average; 0 turns rate limiting off.
+    pub rate_limit: f64,
+    /// Commands a connection may send back to back before the rate applies.
+    pub rate_burst: u32,
+    /// Open connections per source IP; 0 means no per-IP limit.
+    pub max_connections_per_ip: usize,
+    /// When not empty, upgrades from a browser (with an Origin header) must come from one of
+    /// these origins.
+    pub allowed_origins: Vec<String>,
+    /// When set, upgrades need a valid `?token=` (see [`crate::auth`]).
+    pub auth_secret: Option<Vec<u8>>,
+    /// Upgrades on this path get an echo connection (for RFC 6455 conformance tests).
+    pub echo_path: Option<String>,
+    pub echo_max_message: usize,
 }
 
 impl Default for Config {
@@ -31,6 +45,13 @@ impl Default for Config {
             max_request_head: 8 << 10,
             shutdown_grace: Duration::from_secs(2),
             client_list: ClientListPacing::default(),
+            rate_limit: 500.0,
+            rate_burst: 500,
+            max_connections_per_ip: 1000,
+            allowed_origins: Vec::new(),
+            auth_secret: None,
+            echo_path: None,
+            echo_max_message: 16 << 20,
         }
     }
 }
@@ -41,6 +62,12 @@ pub enum Action {
     Run(Box<Config>),
     Help,
     Version,
+    /// `signaling-server token ...`: print an auth token.
+    Token {
+        secret: String,
+        sid: String,
+        ttl: Duration,
+    },
 }
 
 pub const HELP: &str = "\
@@ -77,8 +104,34 @@ OPTIONS:
                                starts no sooner than the last round's bytes at this rate
                                (and at least 50 ms, at most 200 ms with <= 1000 clients).
                                [default: 268435456]
+    --rate-limit PER_SECOND    Commands per second one connection may send on average. A
+                               command over the limit is dropped and answered with error
+                               9500; more than --rate-burst of them within one second close
+                               the connection with 1008. 0 turns rate limiting off (for
+                               benchmarks). [default: 500]
+    --rate-burst N             Commands a connection may send back to back. [default: 500]
+    --max-connections-per-ip N Open connections from one source IP; past it new ones get
+                               HTTP 503. Behind a reverse proxy every client has the proxy's
+                               address: raise this or set 0 (no limit). [default: 1000]
+    --allowed-origin ORIGIN    Accept WebSocket upgrades only from pages of this origin, e.g.
+                               https://app.example.com (repeatable). Others get HTTP 403.
+                               Requests without an Origin header (native apps) are allowed.
+                               [default: any origin]
+    --auth-secret SECRET       Require `?token=...` on the upgrade URL: an HMAC-SHA256 token
+                               naming the one sId the connection may register (see `token`
+                               below). Missing, forged or expired tokens get HTTP 401;
+                               registering another sId gets error 9103. [default: off]
+    --echo-path PATH           Upgrades on this exact path (e.g. /echo) echo every message
+                               back instead of signaling: for RFC 6455 conformance tests
+                               only. [default: off]
+    --echo-max-message BYTES   Largest message on the echo path. [default: 16777216]
     -h, --help                 Print this help.
     -V, --version              Print the version.
+
+SUBCOMMANDS:
+    signaling-server token --secret SECRET --sid SID [--ttl SECONDS]
+                               Print a token for --auth-secret that lets its holder register
+                               SID for the next SECONDS. [default ttl: 3600]
 
 ENVIRONMENT:
     RUST_LOG                   Log filter for standard error, e.g. info, debug,
@@ -92,6 +145,7 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
+            Value(word) if word == "token" => return parse_token_args(&mut parser),
             Short('h') | Long("help") => return Ok(Action::Help),
             Short('V') | Long("version") => return Ok(Action::Version),
             Long("listen") => config.listen = value(&mut parser, "--listen")?,
@@ -109,6 +163,37 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
             Long("clu-bandwidth") => {
                 config.client_list.bytes_per_second = positive(&mut parser, "--clu-bandwidth")?
             }
+            Long("rate-limit") => {
+                config.rate_limit = value(&mut parser, "--rate-limit")?;
+                if !(0.0..=1e9).contains(&config.rate_limit) {
+                    return Err("--rate-limit must be between 0 and 1e9".into());
+                }
+            }
+            Long("rate-burst") => config.rate_burst = positive(&mut parser, "--rate-burst")?,
+            Long("max-connections-per-ip") => {
+                config.max_connections_per_ip = value(&mut parser, "--max-connections-per-ip")?
+            }
+            Long("allowed-origin") => {
+                let origin: String = value(&mut parser, "--allowed-origin")?;
+                config.allowed_origins.push(origin.trim_end_matches('/').to_owned());
+            }
+            Long("auth-secret") => {
+                let secret: String = value(&mut parser, "--auth-secret")?;
+                if secret.len() < 16 {
+                    return Err("--auth-secret must be at least 16 bytes".into());
+                }
+                config.auth_secret = Some(secret.into_bytes());
+            }
+            Long("echo-path") => {
+                let path: String = value(&mut parser, "--echo-path")?;
+                if !path.starts_with('/') {
+                    return Err("--echo-path must start with /".into());
+                }
+                config.echo_path = Some(path);
+            }
+            Long("echo-max-message") => {
+                config.echo_max_message = positive(&mut parser, "--echo-max-message")?
+            }
             other => return Err(other.unexpected().to_string()),
         }
     }
@@ -123,6 +208,25 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
         return Err("--max-request-head must be at least 256".into());
     }
     Ok(Action::Run(Box::new(config)))
+}
+
+fn parse_token_args(parser: &mut lexopt::Parser) -> Result<Action, String> {
+    use lexopt::prelude::*;
+    let (mut secret, mut sid, mut ttl) = (None, None, Duration::from_secs(3600));
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("secret") => secret = Some(value::<String>(parser, "--secret")?),
+            Long("sid") => sid = Some(value::<String>(parser, "--sid")?),
+            Long("ttl") => ttl = seconds(parser, "--ttl")?,
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    let secret = secret.ok_or("token: --secret is required")?;
+    let sid = sid.ok_or("token: --sid is required")?;
+    if sid.trim() != sid || sid.is_empty() || sid.len() > crate::protocol::MAX_ID_BYTES {
+        return Err("token: --sid must be 1-64 bytes without surrounding white space".into());
+    }
+    Ok(Action::Token { secret, sid, ttl })
 }
 
 fn value<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, String>

@@ -12,6 +12,7 @@
 //!
 //! [`config`] holds every limit and default, and parses the command line.
 
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod protocol;

@@ -14,6 +14,11 @@ fn main() -> ExitCode {
             print!("{}", config::HELP);
             return ExitCode::SUCCESS;
         }
+        Ok(Action::Token { secret, sid, ttl }) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            println!("{}", signaling_server::auth::mint(secret.as_bytes(), &sid, (now + ttl).as_secs()));
+            return ExitCode::SUCCESS;
+        }
         Ok(Action::Version) => {
             println!("signaling-server {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;

@@ -22,6 +22,8 @@ pub enum CloseReason {
     OutputLimit,
     ProtocolError,
     InvalidUtf8,
+    /// Kept flooding past the rate limit.
+    RateLimit,
     HandshakeTimeout,
     /// A plain HTTP request was answered (or refused) and the connection closed.
     Http,
@@ -29,7 +31,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 10] = [
+    const ALL: [CloseReason; 11] = [
         CloseReason::ClientClose,
         CloseReason::ConnectionLost,
         CloseReason::LivenessTimeout,
@@ -37,6 +39,7 @@ impl CloseReason {
         CloseReason::OutputLimit,
         CloseReason::ProtocolError,
         CloseReason::InvalidUtf8,
+        CloseReason::RateLimit,
         CloseReason::HandshakeTimeout,
         CloseReason::Http,
         CloseReason::Shutdown,
@@ -51,6 +54,7 @@ impl CloseReason {
             CloseReason::OutputLimit => "output_limit",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::RateLimit => "rate_limit",
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::Http => "http",
             CloseReason::Shutdown => "shutdown",

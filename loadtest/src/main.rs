@@ -19,7 +19,7 @@ COMMON OPTIONS:
     --server-pid PID     The server's process id (same machine): adds its CPU time per
                          message and its memory to the report.
     --sources N          Loopback source addresses to spread connections over
-                         (127.0.0.2 and up; only for a loopback server). [default: 4]
+                         (127.0.0.2 and up; only for a loopback server). [default: 16]
     --json               Print the report as JSON instead of a table.
 
 relay: P pairs in sessions send ICE candidates both ways.
@@ -67,7 +67,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
         url: "ws://127.0.0.1:8080/".into(),
         server_pid: None,
-        sources: 4,
+        sources: 16,
         json: false,
         mode: Mode::Relay(RelayOptions::default()),
     };

@@ -157,7 +157,14 @@ impl Request<'_> {
     /// Check 5 of PROTOCOL.md: the command's required fields.
     pub fn command(&self) -> Result<Command<'_>, ErrorCode> {
         match self.kind {
-            CommandKind::Register => Ok(Command::Register { sid: id(&self.sid)? }),
+            CommandKind::Register => {
+                let sid = id(&self.sid)?;
+                // sIds are shown to other people: printable characters only.
+                if sid.chars().any(char::is_control) {
+                    return Err(ErrorCode::InvalidField);
+                }
+                Ok(Command::Register { sid })
+            }
             CommandKind::Session => Ok(Command::Session { opponent_id: id(&self.opponent_id)? }),
             CommandKind::Call => self.relay(Relay::Call, self.offer),
             CommandKind::Accept => self.relay(Relay::Accept, self.answer),
@@ -444,6 +451,10 @@ mod tests {
             r#"{"cmd":"notify","opponentId":"b","type":" "}"#,
             r#"{"cmd":"notify","opponentId":"b","type":null}"#,
             r#"{"cmd":"notify","type":"ring"}"#,
+            r#"{"cmd":"sId","sId":"a\u0000b"}"#,
+            r#"{"cmd":"sId","sId":"a\u001bb"}"#,
+            r#"{"cmd":"sId","sId":"a\u007fb"}"#,
+            r#"{"cmd":"sId","sId":"a\u0085b"}"#,
         ] {
             assert_eq!(parse(bad), Err(ErrorCode::InvalidField), "{bad}");
         }

@@ -25,6 +25,7 @@ mod sessions;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::time::Instant;
@@ -72,6 +73,8 @@ pub struct Signaling {
     scratch: Vec<u8>,
     random: Box<dyn FnMut() -> u64>,
     counters: CoreCounters,
+    /// Connections that may register only one sId (token auth), until they disconnect.
+    restricted: HashMap<ConnId, Box<str>>,
 }
 
 impl Default for Signaling {
@@ -96,6 +99,7 @@ impl Signaling {
             scratch: Vec::with_capacity(256),
             random,
             counters: CoreCounters::default(),
+            restricted: HashMap::new(),
         }
     }
 
@@ -183,6 +187,17 @@ impl Signaling {
         }
     }
 
+    /// Lets `conn` register only `sid` (its auth token names it); any other gets 9103.
+    pub fn restrict_sid(&mut self, conn: ConnId, sid: &str) {
+        self.restricted.insert(conn, sid.into());
+    }
+
+    /// Answers `to` with error `code` for a command the transport refused before it reached
+    /// the core (9500, rate limit), so the error is counted with the others.
+    pub fn refuse(&mut self, to: ConnId, code: ErrorCode, out: &mut dyn Outbox) {
+        self.send_error(to, code, out);
+    }
+
     fn send_error(&mut self, to: ConnId, code: ErrorCode, out: &mut dyn Outbox) {
         self.counters.errors[code.index()] += 1;
         out.send(to, code.message().as_bytes());
@@ -216,6 +231,9 @@ impl Signaling {
     ) -> Result<(), ErrorCode> {
         if self.registry.get(from).is_some() {
             return Err(ErrorCode::AlreadyRegistered);
+        }
+        if self.restricted.get(&from).is_some_and(|allowed| **allowed != *sid) {
+            return Err(ErrorCode::SidNotAllowed);
         }
         if self.registry.find(sid).is_some() {
             return Err(ErrorCode::SidTaken);
@@ -326,6 +344,7 @@ impl Signaling {
     /// `leave` then `ssu 4`; its sId is free again at once. Unknown or unregistered
     /// connections are ignored, so calling this for every closed connection is fine.
     pub fn disconnect(&mut self, conn: ConnId, now: Instant, out: &mut dyn Outbox) {
+        self.restricted.remove(&conn);
         let Some(client) = self.registry.remove(conn) else { return };
         if let Some(key) = client.session
             && let Some(session) = self.sessions.remove(key)

@@ -1,6 +1,7 @@
 //! One accepted socket and the phase it is in.
 
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::time::Instant;
 
 use mio::Interest;
@@ -8,6 +9,7 @@ use mio::net::TcpStream;
 use tungstenite::protocol::WebSocketContext;
 
 use super::output::Output;
+use super::rate_limit::RateLimiter;
 
 /// Bytes tungstenite may add on its own (pongs, close replies) past the output cap. Beyond
 /// it tungstenite sees a blocked socket and keeps at most one pending control frame.
@@ -16,8 +18,8 @@ const CONTROL_SLACK: usize = 4096;
 pub enum Phase {
     /// Reading the HTTP request head.
     Handshake { head: Vec<u8>, deadline: Instant },
-    /// A WebSocket connection serving signaling.
-    Open { ws: Box<WebSocketContext>, last_seen: Instant },
+    /// A WebSocket connection serving signaling, or (`echo`) echoing every message back.
+    Open { ws: Box<WebSocketContext>, last_seen: Instant, echo: bool },
     /// On the way out: the remaining output is flushed (a close frame, an HTTP response),
     /// incoming data is discarded, and the socket is dropped when `done` or at `deadline`.
     Closing { ws: Option<Box<WebSocketContext>>, deadline: Instant, peer_done: bool },
@@ -25,6 +27,8 @@ pub enum Phase {
 
 pub struct Connection {
     pub socket: TcpStream,
+    pub peer: IpAddr,
+    pub rate: RateLimiter,
     pub generation: u32,
     pub phase: Phase,
     pub out: Output,

@@ -22,8 +22,8 @@ const FRAME_OVERHEAD: usize = 14;
 pub enum Doom {
     /// Gone without a close handshake: reset, EOF, liveness timeout, write error.
     Drop(CloseReason),
-    /// We close it with this code; the peer's close reply is awaited for a short while.
-    Close(CloseCode, &'static str),
+    /// We close it with the reason's close code; the peer's reply is awaited briefly.
+    Close(CloseReason),
     /// The peer sent a close frame; tungstenite has queued the reply.
     PeerClosed,
 }
@@ -31,14 +31,21 @@ pub enum Doom {
 impl Doom {
     pub fn reason(self) -> CloseReason {
         match self {
-            Doom::Drop(reason) => reason,
+            Doom::Drop(reason) | Doom::Close(reason) => reason,
             Doom::PeerClosed => CloseReason::ClientClose,
-            Doom::Close(CloseCode::Size, _) => CloseReason::MessageTooBig,
-            Doom::Close(CloseCode::Policy, _) => CloseReason::OutputLimit,
-            Doom::Close(CloseCode::Invalid, _) => CloseReason::InvalidUtf8,
-            Doom::Close(CloseCode::Away, _) => CloseReason::Shutdown,
-            Doom::Close(..) => CloseReason::ProtocolError,
         }
+    }
+}
+
+/// The close frame the server sends for a reason it closes a connection for.
+pub fn close_frame(reason: CloseReason) -> (CloseCode, &'static str) {
+    match reason {
+        CloseReason::MessageTooBig => (CloseCode::Size, "message too big"),
+        CloseReason::OutputLimit => (CloseCode::Policy, "output limit exceeded: not reading"),
+        CloseReason::RateLimit => (CloseCode::Policy, "rate limit exceeded, repeatedly"),
+        CloseReason::InvalidUtf8 => (CloseCode::Invalid, "invalid UTF-8 in a text message"),
+        CloseReason::Shutdown => (CloseCode::Away, "server shutting down"),
+        _ => (CloseCode::Protocol, "WebSocket protocol violation"),
     }
 }
 
@@ -106,7 +113,7 @@ impl Outbox for Connections {
         let cap = self.max_output;
         let Some(conn) = self.live(to) else { return Delivery::Closing };
         if conn.out.unsent_counted() + message.len() + FRAME_OVERHEAD > cap {
-            self.doom(to, Doom::Close(CloseCode::Policy, "output limit exceeded: not reading"));
+            self.doom(to, Doom::Close(CloseReason::OutputLimit));
             return Delivery::Closing;
         }
         conn.out.push_text(message);

@@ -12,8 +12,10 @@
 //! rest waits for the next turn, which then does not sleep), and the core bounds its
 //! client-list work itself. One busy client therefore cannot stall the others.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::time::SystemTime;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -23,16 +25,17 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use smallvec::SmallVec;
 use tungstenite::protocol::frame::CloseFrame;
-use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message, Utf8Bytes};
 
 use super::connection::{Connection, Phase, WsIo};
-use super::connections::{Connections, Doom};
-use super::http::{self, Head, Route};
+use super::connections::{Connections, Doom, close_frame};
+use super::http::{self, Head, Route, UpgradePolicy};
 use super::output::Flush;
+use super::rate_limit::{RateLimiter, Verdict};
 use crate::config::Config;
 use crate::metrics::{CloseReason, Metrics};
+use crate::protocol::ErrorCode;
 use crate::signaling::{ConnId, Signaling};
 
 const LISTENER: Token = Token(0);
@@ -74,8 +77,13 @@ impl Server {
             .write_buffer_size(0)
             .max_message_size(Some(config.max_message))
             .max_frame_size(Some(config.max_message));
+        let echo_ws_config = ws_config
+            .max_message_size(Some(config.echo_max_message))
+            .max_frame_size(Some(config.echo_max_message));
         let now = Instant::now();
         let event_loop = EventLoop {
+            echo_ws_config,
+            per_ip: HashMap::new(),
             conns: Connections::new(config.max_output),
             core: Signaling::new(config.client_list),
             tick: housekeeping_tick(&config),
@@ -116,6 +124,9 @@ fn housekeeping_tick(config: &Config) -> Duration {
 struct EventLoop {
     config: Config,
     ws_config: WebSocketConfig,
+    echo_ws_config: WebSocketConfig,
+    /// Open connections per source address, for `--max-connections-per-ip`.
+    per_ip: HashMap<IpAddr, u32>,
     poll: Poll,
     listener: Option<TcpListener>,
     signals: Signals,
@@ -215,8 +226,12 @@ impl EventLoop {
                     return;
                 }
             };
-            if self.conns.slab.len() >= self.config.max_connections {
-                debug!("refusing {peer}: {} connections open", self.conns.slab.len());
+            let from_peer = self.per_ip.get(&peer.ip()).copied().unwrap_or(0) as usize;
+            let per_ip_cap = self.config.max_connections_per_ip;
+            if self.conns.slab.len() >= self.config.max_connections
+                || (per_ip_cap > 0 && from_peer >= per_ip_cap)
+            {
+                debug!("refusing {peer}: {} connections open, {from_peer} from it", self.conns.slab.len());
                 self.metrics.connections_refused += 1;
                 // Best effort: a fresh socket's send buffer takes this small response.
                 let _ = socket.write(http::SERVICE_UNAVAILABLE);
@@ -232,8 +247,11 @@ impl EventLoop {
             }
             debug!("accepted {peer} as {}", entry.key());
             self.metrics.connections_accepted += 1;
+            *self.per_ip.entry(peer.ip()).or_default() += 1;
             entry.insert(Connection {
                 socket,
+                peer: peer.ip(),
+                rate: RateLimiter::new(now, self.config.rate_burst),
                 generation,
                 phase: Phase::Handshake { head: Vec::new(), deadline: now + self.config.handshake_timeout },
                 out: Default::default(),
@@ -270,6 +288,13 @@ impl EventLoop {
 
     fn read_handshake(&mut self, id: ConnId, now: Instant) {
         let max_head = self.config.max_request_head;
+        let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let policy = UpgradePolicy {
+            allowed_origins: &self.config.allowed_origins,
+            auth_secret: self.config.auth_secret.as_deref(),
+            echo_path: self.config.echo_path.as_deref(),
+            now_unix,
+        };
         let Some(conn) = self.conns.get_mut(id) else { return };
         let Phase::Handshake { head, .. } = &mut conn.phase else { return };
         let mut chunk = [0u8; 2048];
@@ -290,7 +315,7 @@ impl EventLoop {
             // trickles bytes costs a scan of what it sent, not a parse per byte.
             let ends = head[searched_from..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r");
             if ends || full {
-                match http::read_head(head, full) {
+                match http::read_head(head, full, &policy) {
                     Head::Partial => {}
                     decided => break Some(decided),
                 }
@@ -306,12 +331,15 @@ impl EventLoop {
                 let response = self.page(route, head_only);
                 self.respond(id, &response, now);
             }
-            Some(Head::Upgrade { response, head_len }) => {
+            Some(Head::Upgrade { response, head_len, echo, allowed_sid }) => {
                 let early_frames = head.get(head_len..).unwrap_or_default().to_vec();
                 conn.out.push_raw(response.as_bytes());
-                let ws =
-                    WebSocketContext::from_partially_read(early_frames, Role::Server, Some(self.ws_config));
-                conn.phase = Phase::Open { ws: Box::new(ws), last_seen: now };
+                let config = if echo { self.echo_ws_config } else { self.ws_config };
+                let ws = WebSocketContext::from_partially_read(early_frames, Role::Server, Some(config));
+                conn.phase = Phase::Open { ws: Box::new(ws), last_seen: now, echo };
+                if let Some(sid) = allowed_sid {
+                    self.core.restrict_sid(id, &sid);
+                }
                 self.conns.queue_flush(id);
                 self.read_messages(id, now);
             }
@@ -342,7 +370,6 @@ impl EventLoop {
     }
 
     fn read_messages(&mut self, id: ConnId, now: Instant) {
-        let cap = self.config.max_output;
         let mut drained = false;
         for _ in 0..MESSAGES_PER_READ {
             let Some(conn) = self.conns.get_mut(id) else { return };
@@ -350,7 +377,9 @@ impl EventLoop {
                 return;
             }
             let Connection { socket, out, phase, .. } = conn;
-            let Phase::Open { ws, last_seen } = phase else { return };
+            let Phase::Open { ws, last_seen, echo } = phase else { return };
+            let echo = *echo;
+            let cap = if echo { 2 * self.config.echo_max_message } else { self.config.max_output };
             let mut io = WsIo::new(socket, out, cap);
             io.drained = drained;
             let result = ws.read(&mut io);
@@ -363,6 +392,8 @@ impl EventLoop {
                 self.conns.queue_flush(id);
             }
             match result {
+                Ok(Message::Text(text)) if echo => self.echo(id, text.as_bytes(), true, now),
+                Ok(Message::Binary(bytes)) if echo => self.echo(id, &bytes, false, now),
                 Ok(Message::Text(text)) => self.deliver(id, text.as_bytes(), now),
                 Ok(Message::Binary(bytes)) => self.deliver(id, &bytes, now),
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
@@ -380,8 +411,28 @@ impl EventLoop {
     }
 
     fn deliver(&mut self, id: ConnId, message: &[u8], now: Instant) {
-        self.core.handle_message(id, message, now, &mut self.conns);
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        match conn.rate.check(now, self.config.rate_limit, self.config.rate_burst) {
+            Verdict::Allow => self.core.handle_message(id, message, now, &mut self.conns),
+            Verdict::Drop => self.core.refuse(id, ErrorCode::RateLimited, &mut self.conns),
+            Verdict::Disconnect => self.conns.doom(id, Doom::Close(CloseReason::RateLimit)),
+        }
         self.settle(now);
+    }
+
+    /// The conformance echo path: the message goes back as it came, text or binary.
+    fn echo(&mut self, id: ConnId, message: &[u8], text: bool, now: Instant) {
+        let cap = 2 * self.config.echo_max_message;
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        if conn.out.unsent_counted() + message.len() > cap {
+            return self.end(id, Doom::Close(CloseReason::OutputLimit), now);
+        }
+        if text {
+            conn.out.push_text(message);
+        } else {
+            conn.out.push_binary(message);
+        }
+        self.conns.queue_flush(id);
     }
 
     fn end(&mut self, id: ConnId, doom: Doom, now: Instant) {
@@ -442,9 +493,7 @@ impl EventLoop {
                     }
                     self.conns.queue_flush(id);
                 }
-                Doom::Close(code, reason) => {
-                    self.send_close(id, code, reason, now + CLOSE_LINGER);
-                }
+                Doom::Close(reason) => self.send_close(id, reason, now + CLOSE_LINGER),
             }
             if was_open {
                 self.core.disconnect(id, now, &mut self.conns);
@@ -453,7 +502,8 @@ impl EventLoop {
     }
 
     /// Queues a close frame on an open connection and moves it to `Closing`.
-    fn send_close(&mut self, id: ConnId, code: CloseCode, reason: &'static str, deadline: Instant) {
+    fn send_close(&mut self, id: ConnId, why: CloseReason, deadline: Instant) {
+        let (code, reason) = close_frame(why);
         let cap = self.config.max_output;
         let Some(conn) = self.conns.get_mut(id) else { return };
         let Connection { socket, out, phase, .. } = conn;
@@ -575,7 +625,7 @@ impl EventLoop {
             match &mut conn.phase {
                 Phase::Open { .. } => {
                     self.metrics.closed(CloseReason::Shutdown);
-                    self.send_close(id, CloseCode::Away, "server shutting down", deadline);
+                    self.send_close(id, CloseReason::Shutdown, deadline);
                 }
                 Phase::Handshake { .. } => {
                     self.metrics.closed(CloseReason::Shutdown);
@@ -592,6 +642,12 @@ impl EventLoop {
         }
         let mut conn = self.conns.slab.remove(id.index());
         let _ = self.poll.registry().deregister(&mut conn.socket);
+        if let Some(count) = self.per_ip.get_mut(&conn.peer) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&conn.peer);
+            }
+        }
         debug!("removed {}", id.index());
     }
 }
@@ -611,8 +667,8 @@ fn doom_for(error: &tungstenite::Error) -> Doom {
         | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             Doom::Drop(CloseReason::ConnectionLost)
         }
-        tungstenite::Error::Capacity(_) => Doom::Close(CloseCode::Size, "message too big"),
-        tungstenite::Error::Utf8(_) => Doom::Close(CloseCode::Invalid, "invalid UTF-8 in a text message"),
-        _ => Doom::Close(CloseCode::Protocol, "WebSocket protocol violation"),
+        tungstenite::Error::Capacity(_) => Doom::Close(CloseReason::MessageTooBig),
+        tungstenite::Error::Utf8(_) => Doom::Close(CloseReason::InvalidUtf8),
+        _ => Doom::Close(CloseReason::ProtocolError),
     }
 }

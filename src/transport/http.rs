@@ -16,8 +16,9 @@ pub enum Head {
     /// The head is not complete yet.
     Partial,
     /// A valid WebSocket upgrade. `head_len` bytes belong to the request; anything after
-    /// them is already WebSocket data.
-    Upgrade { response: String, head_len: usize },
+    /// them is already WebSocket data. `echo`: on the echo path. `allowed_sid`: the one sId
+    /// an auth token lets this connection register.
+    Upgrade { response: String, head_len: usize, echo: bool, allowed_sid: Option<String> },
     /// Answer with this complete response and close.
     Respond(&'static [u8]),
     /// A plain HTTP request for one of the server's own pages (`HEAD`: no body).
@@ -67,15 +68,28 @@ pub fn ok(content_type: &str, body: &[u8], head_only: bool) -> Vec<u8> {
 }
 
 pub const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n";
+pub const FORBIDDEN: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\norigin not allowed\n";
+pub const UNAUTHORIZED: &[u8] = b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\nContent-Length: 33\r\nConnection: close\r\n\r\na valid ?token= must be provided\n";
 pub const METHOD_NOT_ALLOWED: &[u8] = b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\nmethod not allowed\n";
 pub const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n";
 pub const UPGRADE_REQUIRED: &[u8] = b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nContent-Type: text/plain\r\nContent-Length: 36\r\nConnection: close\r\n\r\nonly WebSocket version 13 is spoken\n";
 pub const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 26\r\nConnection: close\r\n\r\nrequest head is too large\n";
 pub const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 28\r\nConnection: close\r\n\r\ntoo many connections, retry\n";
 
+/// What an upgrade must satisfy, from the configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UpgradePolicy<'a> {
+    /// Empty: any origin.
+    pub allowed_origins: &'a [String],
+    pub auth_secret: Option<&'a [u8]>,
+    pub echo_path: Option<&'a str>,
+    /// Wall-clock time for token expiry, Unix seconds.
+    pub now_unix: u64,
+}
+
 /// Reads the request head in `buf`. `buf_is_full` says the connection may not send more
 /// bytes before the head ends (the head limit was reached).
-pub fn read_head(buf: &[u8], buf_is_full: bool) -> Head {
+pub fn read_head(buf: &[u8], buf_is_full: bool, policy: &UpgradePolicy<'_>) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(buf) {
@@ -115,16 +129,43 @@ pub fn read_head(buf: &[u8], buf_is_full: bool) -> Head {
     let Some(key) = header("sec-websocket-key").filter(|k| k.len() == 24 && k.ends_with("==")) else {
         return Head::Respond(BAD_REQUEST);
     };
+    // Browsers always send Origin; native clients usually do not, and are not the target
+    // of cross-site abuse, so a missing Origin passes.
+    if !policy.allowed_origins.is_empty()
+        && let Some(origin) = header("origin")
+        && !policy
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+    {
+        return Head::Respond(FORBIDDEN);
+    }
+    let target = request.path.unwrap_or("/");
+    let path = target.split('?').next().unwrap_or(target);
+    let echo = policy.echo_path.is_some_and(|echo_path| echo_path == path);
+    let allowed_sid = match policy.auth_secret {
+        Some(secret) if !echo => {
+            let Some(token) = crate::auth::token_in(target) else { return Head::Respond(UNAUTHORIZED) };
+            match crate::auth::verify(secret, token, policy.now_unix) {
+                Ok(sid) => Some(sid),
+                Err(_) => return Head::Respond(UNAUTHORIZED),
+            }
+        }
+        _ => None,
+    };
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         derive_accept_key(key.as_bytes())
     );
-    Head::Upgrade { response, head_len }
+    Head::Upgrade { response, head_len, echo, allowed_sid }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const OPEN: UpgradePolicy<'static> =
+        UpgradePolicy { allowed_origins: &[], auth_secret: None, echo_path: None, now_unix: 0 };
 
     const UPGRADE: &str = "GET /any/path?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
@@ -132,8 +173,8 @@ mod tests {
     fn an_upgrade_on_any_path_gets_101_with_the_rfc_accept_key() {
         let mut bytes = UPGRADE.as_bytes().to_vec();
         bytes.extend_from_slice(b"\x81\x80");
-        match read_head(&bytes, false) {
-            Head::Upgrade { response, head_len } => {
+        match read_head(&bytes, false, &OPEN) {
+            Head::Upgrade { response, head_len, echo: false, allowed_sid: None } => {
                 assert!(response.starts_with("HTTP/1.1 101 "));
                 // The worked example of RFC 6455 section 1.3.
                 assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
@@ -141,6 +182,59 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn origins_outside_the_allowlist_get_403_and_no_origin_passes() {
+        let allowed = ["https://app.example".to_owned()];
+        let policy = UpgradePolicy { allowed_origins: &allowed, ..OPEN };
+        let with = |origin: &str| UPGRADE.replace("Host: h\r\n", &format!("Host: h\r\nOrigin: {origin}\r\n"));
+        assert!(matches!(
+            read_head(with("https://app.example").as_bytes(), false, &policy),
+            Head::Upgrade { .. }
+        ));
+        assert!(matches!(
+            read_head(with("HTTPS://APP.EXAMPLE/").as_bytes(), false, &policy),
+            Head::Upgrade { .. }
+        ));
+        assert_eq!(
+            read_head(with("https://evil.example").as_bytes(), false, &policy),
+            Head::Respond(FORBIDDEN)
+        );
+        assert_eq!(read_head(with("null").as_bytes(), false, &policy), Head::Respond(FORBIDDEN));
+        assert!(matches!(read_head(UPGRADE.as_bytes(), false, &policy), Head::Upgrade { .. }));
+    }
+
+    #[test]
+    fn with_auth_the_token_decides_and_names_the_sid() {
+        let secret = b"0123456789abcdef".as_slice();
+        let policy =
+            UpgradePolicy { auth_secret: Some(secret), now_unix: 100, echo_path: Some("/echo"), ..OPEN };
+        let at = |target: &str| UPGRADE.replace("GET /any/path?x=1 ", &format!("GET {target} "));
+        let token = crate::auth::mint(secret, "alice", 200);
+        match read_head(at(&format!("/?token={token}")).as_bytes(), false, &policy) {
+            Head::Upgrade { allowed_sid, echo: false, .. } => {
+                assert_eq!(allowed_sid.as_deref(), Some("alice"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(read_head(at("/").as_bytes(), false, &policy), Head::Respond(UNAUTHORIZED));
+        let expired = crate::auth::mint(secret, "alice", 100);
+        assert_eq!(
+            read_head(at(&format!("/?token={expired}")).as_bytes(), false, &policy),
+            Head::Respond(UNAUTHORIZED)
+        );
+        let forged = crate::auth::mint(b"some other secret", "alice", 200);
+        assert_eq!(
+            read_head(at(&format!("/?token={forged}")).as_bytes(), false, &policy),
+            Head::Respond(UNAUTHORIZED)
+        );
+        // The conformance echo path needs no token.
+        assert!(matches!(
+            read_head(at("/echo").as_bytes(), false, &policy),
+            Head::Upgrade { echo: true, .. }
+        ));
+        assert!(matches!(read_head(at("/echo/x").as_bytes(), false, &policy), Head::Respond(UNAUTHORIZED)));
     }
 
     #[test]
@@ -153,7 +247,11 @@ mod tests {
             ("GET /metrics HTTP/1.1\r\nAccept: text/plain\r\n\r\n", Route::Metrics),
         ] {
             let head_only = request.starts_with("HEAD");
-            assert_eq!(read_head(request.as_bytes(), false), Head::Page { route, head_only }, "{request}");
+            assert_eq!(
+                read_head(request.as_bytes(), false, &OPEN),
+                Head::Page { route, head_only },
+                "{request}"
+            );
         }
         let response = ok("text/plain", b"ok\n", false);
         assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n") && response.ends_with(b"\r\n\r\nok\n"));
@@ -165,30 +263,36 @@ mod tests {
 
     #[test]
     fn partial_heads_wait_and_oversized_ones_get_431() {
-        assert_eq!(read_head(&UPGRADE.as_bytes()[..40], false), Head::Partial);
-        assert_eq!(read_head(&UPGRADE.as_bytes()[..40], true), Head::Respond(HEAD_TOO_LARGE));
+        assert_eq!(read_head(&UPGRADE.as_bytes()[..40], false, &OPEN), Head::Partial);
+        assert_eq!(read_head(&UPGRADE.as_bytes()[..40], true, &OPEN), Head::Respond(HEAD_TOO_LARGE));
         let many: String = (0..60).map(|i| format!("X-{i}: y\r\n")).collect();
         let request = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(read_head(request.as_bytes(), false), Head::Respond(HEAD_TOO_LARGE));
+        assert_eq!(read_head(request.as_bytes(), false, &OPEN), Head::Respond(HEAD_TOO_LARGE));
     }
 
     #[test]
     fn plain_and_broken_requests_get_http_errors() {
-        assert_eq!(read_head(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", false), Head::Respond(NOT_FOUND));
-        assert_eq!(read_head(b"POST /metrics HTTP/1.1\r\n\r\n", false), Head::Respond(METHOD_NOT_ALLOWED));
         assert_eq!(
-            read_head(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", false),
+            read_head(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", false, &OPEN),
+            Head::Respond(NOT_FOUND)
+        );
+        assert_eq!(
+            read_head(b"POST /metrics HTTP/1.1\r\n\r\n", false, &OPEN),
+            Head::Respond(METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            read_head(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", false, &OPEN),
             Head::Respond(BAD_REQUEST)
         );
-        assert_eq!(read_head(b"garbage\r\n\r\n", false), Head::Respond(BAD_REQUEST));
+        assert_eq!(read_head(b"garbage\r\n\r\n", false, &OPEN), Head::Respond(BAD_REQUEST));
         let post = UPGRADE.replace("GET", "POST");
-        assert_eq!(read_head(post.as_bytes(), false), Head::Respond(BAD_REQUEST));
+        assert_eq!(read_head(post.as_bytes(), false, &OPEN), Head::Respond(BAD_REQUEST));
         let v8 = UPGRADE.replace("Version: 13", "Version: 8");
-        assert_eq!(read_head(v8.as_bytes(), false), Head::Respond(UPGRADE_REQUIRED));
+        assert_eq!(read_head(v8.as_bytes(), false, &OPEN), Head::Respond(UPGRADE_REQUIRED));
         let no_key = UPGRADE.replace("Sec-WebSocket-Key", "X-Key");
-        assert_eq!(read_head(no_key.as_bytes(), false), Head::Respond(BAD_REQUEST));
+        assert_eq!(read_head(no_key.as_bytes(), false, &OPEN), Head::Respond(BAD_REQUEST));
         let no_conn = UPGRADE.replace("keep-alive, Upgrade", "keep-alive");
-        assert_eq!(read_head(no_conn.as_bytes(), false), Head::Respond(BAD_REQUEST));
+        assert_eq!(read_head(no_conn.as_bytes(), false, &OPEN), Head::Respond(BAD_REQUEST));
     }
 
     #[test]

@@ -13,5 +13,6 @@ mod connections;
 mod event_loop;
 mod http;
 mod output;
+mod rate_limit;
 
 pub use event_loop::{MESSAGES_PER_READ, Server};

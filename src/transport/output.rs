@@ -85,6 +85,15 @@ impl Output {
         tail.extend_from_slice(payload);
     }
 
+    /// Appends one unmasked, unfragmented binary frame (the echo path only).
+    pub fn push_binary(&mut self, payload: &[u8]) {
+        let header = FrameHeader { opcode: OpCode::Data(Data::Binary), ..FrameHeader::default() };
+        let tail = self.owned_tail();
+        // Writing into a Vec cannot fail.
+        let _ = header.format(payload.len() as u64, tail);
+        tail.extend_from_slice(payload);
+    }
+
     /// Queues a text frame whose payload is the shared client list. A list queued earlier
     /// and not yet started is replaced in place (a client holds at most one unsent list,
     /// and only the newest matters). Returns `false` while an earlier list is partly

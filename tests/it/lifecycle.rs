@@ -439,7 +439,8 @@ fn the_first_line_on_stdout_names_the_bound_address() {
 }
 
 /// The flags and defaults documented in `--help`, as (flag, default) pairs.
-const FLAGS: [(&str, &str); 9] = [
+/// Flags whose default is a value that can be passed back.
+const FLAGS: [(&str, &str); 13] = [
     ("--listen", "0.0.0.0:8080"),
     ("--ping-interval", "3"),
     ("--max-message", "65536"),
@@ -449,7 +450,15 @@ const FLAGS: [(&str, &str); 9] = [
     ("--max-request-head", "8192"),
     ("--shutdown-grace", "2"),
     ("--clu-bandwidth", "268435456"),
+    ("--rate-limit", "500"),
+    ("--rate-burst", "500"),
+    ("--max-connections-per-ip", "1000"),
+    ("--echo-max-message", "16777216"),
 ];
+
+/// Flags that are off unless given, and what their help says by default.
+const OPTIONAL_FLAGS: [(&str, &str); 3] =
+    [("--allowed-origin", "any origin"), ("--auth-secret", "off"), ("--echo-path", "off")];
 
 #[test]
 fn help_lists_every_flag_with_its_default_and_exits_0() {
@@ -473,7 +482,7 @@ fn help_lists_every_flag_with_its_default_and_exits_0() {
         let end = option_lines.get(position + 1).copied().unwrap_or(lines.len());
         lines[option_lines[position]..end].join("\n")
     };
-    for (flag, default) in FLAGS {
+    for (flag, default) in FLAGS.iter().chain(&OPTIONAL_FLAGS) {
         let entry = entry_of(flag);
         assert!(entry.contains(&format!("[default: {default}]")), "{flag} lacks its default: {entry}");
     }
@@ -482,7 +491,7 @@ fn help_lists_every_flag_with_its_default_and_exits_0() {
     }
     // No option is documented that this test does not know about.
     let documented = option_lines.len();
-    assert_eq!(documented, FLAGS.len() + 2, "options in --help changed:\n{help}");
+    assert_eq!(documented, FLAGS.len() + OPTIONAL_FLAGS.len() + 2, "options in --help changed:\n{help}");
     assert!(help.contains("RUST_LOG"), "{help}");
 
     let short = run_binary(&["-h"]);

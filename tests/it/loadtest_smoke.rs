@@ -10,6 +10,12 @@ use loadtest::relay::{self, RelayOptions};
 
 use crate::harness::Server;
 
+/// Load runs relax the rate limit (as every benchmark here does): a closed loop sends
+/// faster than the default 500 commands/s per connection allows.
+fn server() -> Server {
+    Server::start_with(&["--rate-limit", "0"])
+}
+
 fn target(server: &Server) -> Target {
     Target::new(&server.url(), 2, Some(server.pid())).expect("a ws:// URL")
 }
@@ -26,7 +32,7 @@ fn short_relay() -> RelayOptions {
 
 #[test]
 fn relay_closed_loop_delivers_everything_in_order() {
-    let server = Server::start();
+    let server = server();
     let report = relay::run(&target(&server), &short_relay()).expect("relay runs");
     assert!(report.delivered > 0, "{report:?}");
     assert_eq!((report.lost, report.reordered, report.errors), (0, 0, 0), "{report:?}");
@@ -38,7 +44,7 @@ fn relay_closed_loop_delivers_everything_in_order() {
 
 #[test]
 fn relay_open_loop_delivers_the_offered_rate() {
-    let server = Server::start();
+    let server = server();
     let options = RelayOptions { rate: Some(2000.0), ..short_relay() };
     let report = relay::run(&target(&server), &options).expect("relay runs");
     let expected = 2000.0 * report.measured_seconds;
@@ -49,7 +55,7 @@ fn relay_open_loop_delivers_the_offered_rate() {
 
 #[test]
 fn idle_registers_every_client_and_reads_server_memory() {
-    let server = Server::start();
+    let server = server();
     let options = IdleOptions { clients: 300, settle: Duration::from_millis(200), ..IdleOptions::default() };
     let report = idle::run(&target(&server), &options).expect("idle runs");
     assert_eq!((report.registered, report.failed), (300, 0), "{report:?}");
@@ -60,7 +66,7 @@ fn idle_registers_every_client_and_reads_server_memory() {
 
 #[test]
 fn churn_converges_after_joins_and_leaves() {
-    let server = Server::start();
+    let server = server();
     let options = ChurnOptions { watchers: 20, pairs: 2, burst: 100, ..ChurnOptions::default() };
     let report = churn::run(&target(&server), &options).expect("churn runs");
     assert_eq!(report.errors, 0, "{report:?}");

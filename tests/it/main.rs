@@ -5,6 +5,8 @@
 
 mod harness;
 
+mod defences;
+
 mod flows;
 mod garbage;
 mod http_endpoints;
