@@ -12,6 +12,8 @@
  * new SignalingClient(options)
  *   options.rtcConfig        RTCConfiguration passed to every RTCPeerConnection.
  *   options.iceServers       shorthand for rtcConfig.iceServers (wins over rtcConfig).
+ *   options.token            appended to the connect URL as ?token=... (servers started
+ *                            with --auth-secret require it).
  *   options.candidateFilter  (RTCIceCandidate) => boolean; local candidates for which it
  *                            returns false are not sent. End-of-candidates (null) is always sent.
  *   options.WebSocket, options.RTCPeerConnection   implementations to use instead of the
@@ -27,19 +29,20 @@
  *                            receiveAudio (add a recvonly transceiver when the stream has no
  *                            track of that kind), rtcConfig, iceServers (per-call overrides).
  *                            Rejects with 9200-9203 (some checked locally) or a WebRTC error.
- *   stop()                   Promise: hang up the current call (same as client.call.stop()).
+ *   stop()                   Promise: hang up the current call (client.currentCall.stop()).
  *   notify(opponentId, type, data?)   send a notify; throws on local checks. The server sends
  *                            no acknowledgement; 9301 arrives later as an 'error' event.
  *   close()                  close the WebSocket (the server runs `leave` for a session).
  * Getters: sId (null until registered), clients (latest list: [{sId, state, stateName}],
  *   yourself included; frozen while you are CALLING because the server sends no list then),
- *   call (the current Call or null), connected (boolean), socket (the WebSocket or null).
+ *   currentCall (the current Call or null), connected (boolean), socket (the WebSocket or null).
  *
  * Call (one session; from call() or an 'incomingcall' event)
  *   sessionId, opponentId (null for a callee until the offer arrives), role ('caller' |
  *   'callee'), state (1-4) and stateName (NEW PENDING ACTIVE CLOSED), pc (RTCPeerConnection
  *   or null), localStream, remoteStream (MediaStream or null), dataChannel (RTCDataChannel or
- *   null), ended, endReason, done (Promise<endReason>).
+ *   null), offer (callee: the caller's offer, {type, sdp}, once it arrived), ended,
+ *   endReason, done (Promise<endReason>).
  *   accept(opts)  callee: Promise; answers the offer. opts as for call(); a data channel
  *                 normally comes from the caller (see the 'datachannel' event).
  *   reject()      callee: Promise; declines.     stop()   Promise; hangs up.
@@ -194,7 +197,7 @@ export class Call {
     this.ended = false;
     this.endReason = null;
     this._options = options;
-    this._offer = undefined; // callee: the offer waiting for accept()
+    this.offer = undefined; // callee: the offer waiting for accept()
     this._signalled = false; // our offer/answer is sent: local candidates may follow
     this._localCandidates = []; // gathered before that
     this._remoteCandidates = []; // arrived before the remote description was set
@@ -242,7 +245,7 @@ export class SignalingClient extends EventTarget {
   get clients() {
     return this._clients;
   }
-  get call() {
+  get currentCall() {
     return this._call;
   }
   get socket() {
@@ -260,6 +263,9 @@ export class SignalingClient extends EventTarget {
       target = url || defaultUrl();
     } catch (err) {
       return Promise.reject(err);
+    }
+    if (this.options.token) {
+      target += `${target.includes('?') ? '&' : '?'}token=${encodeURIComponent(this.options.token)}`;
     }
     const WS = this.options.WebSocket || globalThis.WebSocket;
     return new Promise((resolve, reject) => {
@@ -500,8 +506,8 @@ export class SignalingClient extends EventTarget {
     if (call.opponentId === null) call.opponentId = message.opponentId;
     if (!call.pc) {
       if (call.role !== 'callee') return;
-      const first = call._offer === undefined;
-      call._offer = message.offer; // a repeated offer before accept replaces the first
+      const first = call.offer === undefined;
+      call.offer = message.offer; // a repeated offer before accept replaces the first
       if (first) {
         this._emit('incomingcall', {
           call,
@@ -600,7 +606,7 @@ export class SignalingClient extends EventTarget {
   }
 
   async _accept(call, options) {
-    if (call.ended || call.role !== 'callee' || call.pc || call._offer === undefined) {
+    if (call.ended || call.role !== 'callee' || call.pc || call.offer === undefined) {
       throw new SignalingError(0, 'invalidState', 'no incoming call to accept');
     }
     call._options = options;
@@ -608,7 +614,7 @@ export class SignalingClient extends EventTarget {
     try {
       const pc = this._createPeerConnection(call);
       // Remote description first, so addTrack reuses the offer's transceivers.
-      await pc.setRemoteDescription(call._offer);
+      await pc.setRemoteDescription(call.offer);
       await this._flushRemoteCandidates(call);
       this._addLocalMedia(call, options);
       await pc.setLocalDescription(await pc.createAnswer());
