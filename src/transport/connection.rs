@@ -42,6 +42,9 @@ pub struct Connection {
     pub doomed: bool,
     /// `shutdown(Write)` was done: everything we will ever send has been sent.
     pub write_shut: bool,
+    /// Bytes read from the socket but not yet taken by tungstenite (see [`Inbox`]);
+    /// empty, and unallocated, nearly always.
+    pub stash: Vec<u8>,
 }
 
 impl Connection {
@@ -50,36 +53,94 @@ impl Connection {
     }
 }
 
-/// What tungstenite reads from and writes to: reads come from the socket, writes go into
-/// the connection's output buffer (flushed once per turn with everything else), so frames
-/// tungstenite makes and frames the loop makes can never interleave mid-frame.
+/// The loop's one read buffer. Sockets are read into it in large chunks (one syscall per
+/// connection per turn, usually), and tungstenite takes its frames from it in small pieces,
+/// so no connection needs a read buffer of its own while it is idle. Bytes a connection
+/// leaves unread at the end of its turn move to that connection's `stash`.
+pub struct Inbox {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Inbox {
+    pub fn new(size: usize) -> Self {
+        Inbox { buf: vec![0; size].into_boxed_slice(), start: 0, end: 0 }
+    }
+
+    /// Hands over what is left unread and empties the inbox.
+    pub fn take_leftover(&mut self) -> &[u8] {
+        let leftover = &self.buf[self.start..self.end];
+        (self.start, self.end) = (0, 0);
+        leftover
+    }
+}
+
+/// Where tungstenite reads from: first the connection's stash, then the inbox, then the
+/// socket (into the inbox).
+pub struct Input<'a> {
+    pub inbox: &'a mut Inbox,
+    pub stash: &'a mut Vec<u8>,
+}
+
+/// What tungstenite reads from and writes to. Writes go into the connection's output
+/// buffer (flushed once per turn with everything else), so frames tungstenite makes and
+/// frames the loop makes can never interleave mid-frame.
 pub struct WsIo<'a> {
     pub socket: &'a mut TcpStream,
     pub out: &'a mut Output,
     pub cap: usize,
-    /// Bytes read: any is a sign of life for the liveness check.
+    /// `None` for calls that only write (close, ping, flush): reads then block.
+    pub input: Option<Input<'a>>,
+    /// Bytes read from the socket: any is a sign of life for the liveness check.
     pub received: usize,
-    /// A read returned less than asked: the socket is empty for now, so the next read
-    /// reports `WouldBlock` without a syscall. Safe with edge-triggered polling: data
+    /// A socket read returned less than asked: the socket is empty for now, so the next
+    /// read reports `WouldBlock` without a syscall. Safe with edge-triggered polling: data
     /// arriving after that read raises a new event. Saves one `read` per wake-up, which
     /// is a third of the syscalls when each connection has one message per turn.
     pub drained: bool,
 }
 
 impl<'a> WsIo<'a> {
+    /// For calls that only write.
     pub fn new(socket: &'a mut TcpStream, out: &'a mut Output, cap: usize) -> Self {
-        WsIo { socket, out, cap, received: 0, drained: false }
+        WsIo { socket, out, cap, input: None, received: 0, drained: false }
+    }
+
+    pub fn reading(socket: &'a mut TcpStream, out: &'a mut Output, cap: usize, input: Input<'a>) -> Self {
+        WsIo { socket, out, cap, input: Some(input), received: 0, drained: false }
     }
 }
 
 impl Read for WsIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.drained {
+        let Some(Input { inbox, stash }) = self.input.as_mut() else {
             return Err(io::ErrorKind::WouldBlock.into());
+        };
+        if !stash.is_empty() {
+            let n = buf.len().min(stash.len());
+            buf[..n].copy_from_slice(&stash[..n]);
+            stash.drain(..n);
+            if stash.is_empty() {
+                **stash = Vec::new();
+            }
+            return Ok(n);
         }
-        let n = self.socket.read(buf)?;
-        self.received += n;
-        self.drained = n > 0 && n < buf.len();
+        if inbox.start == inbox.end {
+            if self.drained {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = self.socket.read(&mut inbox.buf)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.received += n;
+            self.drained = n < inbox.buf.len();
+            (inbox.start, inbox.end) = (0, n);
+        }
+        let n = buf.len().min(inbox.end - inbox.start);
+        buf[..n].copy_from_slice(&inbox.buf[inbox.start..inbox.start + n]);
+        inbox.start += n;
         Ok(n)
     }
 }

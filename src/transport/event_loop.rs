@@ -28,7 +28,7 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message, Utf8Bytes};
 
-use super::connection::{Connection, Phase, WsIo};
+use super::connection::{Connection, Inbox, Input, Phase, WsIo};
 use super::connections::{Connections, Doom, close_frame};
 use super::http::{self, Head, Route, UpgradePolicy};
 use super::output::Flush;
@@ -48,9 +48,12 @@ pub const MESSAGES_PER_READ: usize = 32;
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// After EMFILE and friends, accepting pauses this long instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Read buffer per WebSocket connection. Small on purpose: thousands of idle clients;
-/// tungstenite grows it for a bigger frame and the frame's bytes leave with the message.
-const READ_BUFFER: usize = 4096;
+/// tungstenite's own read buffer per connection, and the most it takes from the inbox per
+/// call. Small on purpose: thousands of idle clients each hold one; the socket is read in
+/// large chunks into the loop's single inbox instead.
+const READ_BUFFER: usize = 256;
+/// The loop's one socket read buffer (see `Inbox`).
+const INBOX_SIZE: usize = 64 << 10;
 
 /// The demo page and the JavaScript client, built into the binary.
 const DEMO_PAGE: &str = include_str!("../../web/index.html");
@@ -95,6 +98,7 @@ impl Server {
             listener: Some(listener),
             signals,
             read_again: Vec::new(),
+            inbox: Inbox::new(INBOX_SIZE),
             metrics: Metrics::default(),
             accept_paused_until: None,
             shutdown_deadline: None,
@@ -134,6 +138,7 @@ struct EventLoop {
     core: Signaling,
     /// Connections that hit `MESSAGES_PER_READ` and still have data.
     read_again: Vec<ConnId>,
+    inbox: Inbox,
     metrics: Metrics,
     accept_paused_until: Option<Instant>,
     tick: Duration,
@@ -260,6 +265,7 @@ impl EventLoop {
                 read_queued: false,
                 doomed: false,
                 write_shut: false,
+                stash: Vec::new(),
             });
         }
     }
@@ -370,17 +376,34 @@ impl EventLoop {
     }
 
     fn read_messages(&mut self, id: ConnId, now: Instant) {
+        self.read_messages_from_inbox(id, now);
+        self.stash_leftover(id);
+    }
+
+    /// Bytes of `id` still in the loop's inbox move to the connection's own stash (or are
+    /// dropped with it), so the inbox is free for the next connection.
+    fn stash_leftover(&mut self, id: ConnId) {
+        let leftover = self.inbox.take_leftover();
+        if !leftover.is_empty()
+            && let Some(conn) = self.conns.get_mut(id)
+            && !conn.doomed
+        {
+            conn.stash.extend_from_slice(leftover);
+        }
+    }
+
+    fn read_messages_from_inbox(&mut self, id: ConnId, now: Instant) {
         let mut drained = false;
         for _ in 0..MESSAGES_PER_READ {
             let Some(conn) = self.conns.get_mut(id) else { return };
             if conn.doomed {
                 return;
             }
-            let Connection { socket, out, phase, .. } = conn;
+            let Connection { socket, out, phase, stash, .. } = conn;
             let Phase::Open { ws, last_seen, echo } = phase else { return };
             let echo = *echo;
             let cap = if echo { 2 * self.config.echo_max_message } else { self.config.max_output };
-            let mut io = WsIo::new(socket, out, cap);
+            let mut io = WsIo::reading(socket, out, cap, Input { inbox: &mut self.inbox, stash });
             io.drained = drained;
             let result = ws.read(&mut io);
             drained = io.drained;
@@ -444,11 +467,16 @@ impl EventLoop {
     fn drain_closing(&mut self, id: ConnId, now: Instant) {
         let cap = self.config.max_output;
         let Some(conn) = self.conns.get_mut(id) else { return };
-        let Connection { socket, out, phase, .. } = conn;
+        let Connection { socket, out, phase, stash, .. } = conn;
         let Phase::Closing { ws, peer_done, .. } = phase else { return };
         for _ in 0..MESSAGES_PER_READ {
             let done = match ws {
-                Some(ws) => match ws.read(&mut WsIo::new(socket, out, cap)) {
+                Some(ws) => match ws.read(&mut WsIo::reading(
+                    socket,
+                    out,
+                    cap,
+                    Input { inbox: &mut self.inbox, stash },
+                )) {
                     Ok(Message::Close(_)) => true,
                     Ok(_) => false,
                     Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -469,6 +497,7 @@ impl EventLoop {
                 break;
             }
         }
+        self.stash_leftover(id);
         self.conns.queue_flush(id);
         self.finish_if_closed(id, now);
     }

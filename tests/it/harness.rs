@@ -134,7 +134,10 @@ impl Client {
 
     /// The next server message (pings are answered by tungstenite and skipped).
     pub fn recv(&mut self) -> OwnedValue {
+        // Pings keep arriving, so the read timeout alone would never end a wait.
+        let deadline = Instant::now() + PATIENCE;
         loop {
+            assert!(Instant::now() < deadline, "no message within {PATIENCE:?}");
             match self.ws.read() {
                 Ok(Message::Text(text)) => {
                     return simd_json::to_owned_value(&mut text.as_bytes().to_vec())
@@ -209,7 +212,9 @@ impl Client {
 
     /// Reads until the connection ends, skipping messages.
     pub fn ending(&mut self) -> Ending {
+        let deadline = Instant::now() + PATIENCE;
         loop {
+            assert!(Instant::now() < deadline, "connection still open after {PATIENCE:?}");
             match self.ws.read() {
                 Ok(Message::Close(frame)) => return Ending::Close(frame),
                 Ok(_) => {}

@@ -480,3 +480,31 @@ fn two_hundred_messages_back_to_back_all_arrive_in_order() {
     bob.expect_quiet(Duration::from_millis(100));
     alice.expect_quiet(Duration::from_millis(100));
 }
+
+#[test]
+fn several_hundred_messages_a_second_are_sustained() {
+    let server = Server::start();
+    let mut alice = server.register("alice");
+    let mut bob = server.register("bob");
+    // 400 notifies a second for 1.5 s: 600 in all, more than one burst's worth, at a rate a
+    // chat or a call's ICE gathering may reach. Batches of 20 every 50 ms, on a schedule
+    // (the pauses pace this client; they do not wait for the server).
+    let started = Instant::now();
+    for batch in 0..30u32 {
+        let due = started + Duration::from_millis(50) * batch;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        for i in batch * 20..(batch + 1) * 20 {
+            let text = format!(r#"{{"cmd":"notify","opponentId":"bob","type":"chat","data":{i}}}"#);
+            alice.ws.write(Message::text(text)).expect("write");
+        }
+        alice.ws.flush().expect("flush");
+    }
+    for i in 0..600u64 {
+        let notify = bob.expect("notify");
+        assert_eq!(notify.get_u64("data"), Some(i), "{notify:?}");
+    }
+    // Not one was refused (9500) and alice is still connected.
+    alice.expect_quiet(Duration::from_millis(100));
+    bob.send(r#"{"cmd":"notify","opponentId":"alice","type":"ok"}"#);
+    assert_eq!(alice.expect("notify").get_str("type"), Some("ok"));
+}
