@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cdp;
 mod harness;
 
+mod browser;
 mod defences;
 
 mod flows;
