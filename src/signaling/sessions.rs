@@ -83,11 +83,17 @@ pub fn format_session_id(key: SessionKey) -> SessionIdText {
 
 /// Reads a session id as the server writes it; anything else names no session.
 pub fn parse_session_id(text: &str) -> Option<SessionKey> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 16 || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
+    let bytes: &[u8; 16] = text.as_bytes().try_into().ok()?;
+    let mut key = 0u64;
+    for &byte in bytes {
+        let digit = match byte {
+            b'0'..=b'9' => byte - b'0',
+            b'a'..=b'f' => byte - b'a' + 10,
+            _ => return None,
+        };
+        key = key << 4 | u64::from(digit);
     }
-    u64::from_str_radix(text, 16).ok()
+    Some(key)
 }
 
 /// 16 hex digits on the stack.
