@@ -144,6 +144,8 @@ impl Client {
                         .unwrap_or_else(|e| panic!("server sent invalid JSON {text:?}: {e}"));
                 }
                 Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                // A signal (a child process exiting) may interrupt the read: read again.
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 other => panic!("expected a text message, got {other:?}"),
             }
         }
