@@ -117,6 +117,40 @@ impl Fleet {
         }
     }
 
+    /// Queues a binary message (the server parses it like text).
+    pub fn send_binary(&mut self, key: usize, bytes: Vec<u8>) {
+        self.send_message(key, Message::binary(bytes));
+    }
+
+    /// Starts the close handshake: queues a close frame (code 1000). The server's reply
+    /// arrives as `Closed`; the caller still drops the client afterwards.
+    pub fn close(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        let State::Open(ws) = &mut client.state else { return };
+        let mut io = OutIo { out: &mut client.out };
+        let _ = ws.close(&mut io, None);
+        self.queue_flush(key);
+    }
+
+    /// Queues bytes for the socket as they are, outside any WebSocket framing (garbage,
+    /// truncated frames). Only on an open client: the upgrade response has been read.
+    pub fn send_raw(&mut self, key: usize, bytes: &[u8]) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        if !matches!(client.state, State::Open(_)) {
+            return;
+        }
+        client.out.extend_from_slice(bytes);
+        self.queue_flush(key);
+    }
+
+    fn send_message(&mut self, key: usize, message: Message) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        let State::Open(ws) = &mut client.state else { return };
+        let mut io = OutIo { out: &mut client.out };
+        let _ = ws.write(&mut io, message);
+        self.queue_flush(key);
+    }
+
     /// Closes a client's connection at once (no close handshake: an abrupt leave).
     pub fn drop_client(&mut self, key: usize) {
         if self.clients.contains(key) {

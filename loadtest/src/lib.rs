@@ -2,8 +2,10 @@
 //! JSON), never the server's internals, so it runs against any server speaking it.
 //!
 //! Modes: [`relay`] (throughput, latency, fairness, CPU per message), [`idle`] (connect
-//! rate, memory per idle client) and [`churn`] (client-list convergence under a storm of
-//! joins and leaves). Every loop is bounded in count and time.
+//! rate, memory per idle client), [`churn`] (client-list convergence under a storm of
+//! joins and leaves) and [`soak`] (random churn, garbage and abrupt leaves for a fixed
+//! time, then: is the server back to idle, did its memory grow?). Every loop is bounded
+//! in count and time.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
@@ -14,6 +16,7 @@ mod pairs;
 pub mod procfs;
 pub mod relay;
 pub mod report;
+pub mod soak;
 mod wire;
 
 /// Where to connect and what to watch.

@@ -6,13 +6,14 @@ use std::time::Duration;
 use loadtest::churn::{self, ChurnOptions};
 use loadtest::idle::{self, IdleOptions};
 use loadtest::relay::{self, RelayOptions};
+use loadtest::soak::{self, SoakOptions};
 use loadtest::{Target, procfs};
 
 const HELP: &str = "\
 loadtest: load generator for signaling-server (speaks only the wire protocol)
 
 USAGE:
-    loadtest [COMMON OPTIONS] relay|idle|churn [MODE OPTIONS]
+    loadtest [COMMON OPTIONS] relay|idle|churn|soak [MODE OPTIONS]
 
 COMMON OPTIONS:
     --url URL            Server to test. [default: ws://127.0.0.1:8080/]
@@ -43,6 +44,22 @@ churn: a burst of N joins, then N leaves, while W clients wait and P pairs relay
     --burst N            [default: 1000]
     --concurrency C      [default: 500]
 
+soak: for a fixed time, up to N connections churn in a seeded random order: connect,
+register, open sessions and relay (call/accept/icecandidate/stop/reject), notify, send
+garbage (bad JSON, binary junk, wrong shapes, oversized, bad UTF-8, malformed and
+truncated frames), leave abruptly (no close frame) or cleanly. Each client sends about
+12 commands/s, so default server limits apply. Afterwards the server's own /metrics must
+show no client, no session, no connection (waited for, bounded); with --server-pid its
+RSS after the soak is compared with the RSS after a warm-up round (tolerance: 20% of the
+start + 2 MiB). Reports `leaked: true|false`; the exit status is 1 when leaked.
+    --clients N          Connections open at once, at most. [default: 2000]
+    --duration SECONDS   [default: 30]
+    --warmup SECONDS     A round of the same load before the start RSS is read, long
+                         enough for the server's memory to reach its working size
+                         (about 8 s at 3000 clients). [default: 10]
+    --seed S             Seeds the random order. [default: 1]
+    --settle SECONDS     How long the server may take to get back to idle. [default: 10]
+
 Every mode stops by itself (setup and phases time out after 60 s). Many connections need
 a high file-descriptor limit: `ulimit -n 65536` (the current limit is printed when too low).
 ";
@@ -51,6 +68,7 @@ enum Mode {
     Relay(RelayOptions),
     Idle(IdleOptions),
     Churn(ChurnOptions),
+    Soak(SoakOptions),
 }
 
 struct Args {
@@ -96,7 +114,8 @@ fn parse_args() -> Result<Option<Args>, String> {
                     Some("relay") => Mode::Relay(RelayOptions::default()),
                     Some("idle") => Mode::Idle(IdleOptions::default()),
                     Some("churn") => Mode::Churn(ChurnOptions::default()),
-                    _ => return Err(format!("unknown mode {mode:?}: relay, idle or churn")),
+                    Some("soak") => Mode::Soak(SoakOptions::default()),
+                    _ => return Err(format!("unknown mode {mode:?}: relay, idle, churn or soak")),
                 };
             }
             (Mode::Relay(o), Long("pairs")) => o.pairs = num(&mut parser, "--pairs")?,
@@ -112,11 +131,16 @@ fn parse_args() -> Result<Option<Args>, String> {
             (Mode::Churn(o), Long("pairs")) => o.pairs = num(&mut parser, "--pairs")?,
             (Mode::Churn(o), Long("burst")) => o.burst = num(&mut parser, "--burst")?,
             (Mode::Churn(o), Long("concurrency")) => o.concurrency = num(&mut parser, "--concurrency")?,
+            (Mode::Soak(o), Long("clients")) => o.clients = num(&mut parser, "--clients")?,
+            (Mode::Soak(o), Long("duration")) => o.duration = secs(&mut parser, "--duration")?,
+            (Mode::Soak(o), Long("warmup")) => o.warmup = secs(&mut parser, "--warmup")?,
+            (Mode::Soak(o), Long("seed")) => o.seed = num(&mut parser, "--seed")?,
+            (Mode::Soak(o), Long("settle")) => o.settle = secs(&mut parser, "--settle")?,
             (_, other) => return Err(other.unexpected().to_string()),
         }
     }
     if !mode_seen {
-        return Err("give a mode: relay, idle or churn".into());
+        return Err("give a mode: relay, idle, churn or soak".into());
     }
     Ok(Some(args))
 }
@@ -144,6 +168,7 @@ fn main() -> ExitCode {
         Mode::Relay(o) => 2 * o.pairs,
         Mode::Idle(o) => o.clients,
         Mode::Churn(o) => o.watchers + 2 * o.pairs + o.burst,
+        Mode::Soak(o) => o.clients,
     };
     if let Some(limit) = procfs::open_files_limit()
         && limit < connections as u64 + 64
@@ -153,12 +178,18 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let mut leaked = false;
     let result = match &args.mode {
         Mode::Relay(options) => relay::run(&target, options).map(|r| emit(args.json, &r, relay::print)),
         Mode::Idle(options) => idle::run(&target, options).map(|r| emit(args.json, &r, idle::print)),
         Mode::Churn(options) => churn::run(&target, options).map(|r| emit(args.json, &r, churn::print)),
+        Mode::Soak(options) => soak::run(&target, options).map(|r| {
+            emit(args.json, &r, soak::print);
+            leaked = r.leaked;
+        }),
     };
     match result {
+        Ok(()) if leaked => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("loadtest: {e}");

@@ -335,8 +335,8 @@ impl Signaling {
         let target = self.registry.find(opponent_id).ok_or(ErrorCode::NotifyTargetNotFound)?;
         self.scratch.clear();
         encode::notification(&mut self.scratch, &me.sid_json, notify_type, data);
-        // A target already on its way out is as good as gone; notify promises no delivery.
-        out.send(target, &self.scratch);
+        // notify promises no delivery: a target on its way out, or too far behind, misses it.
+        out.offer(target, &self.scratch);
         Ok(())
     }
 
@@ -386,6 +386,15 @@ impl Signaling {
         encode::session_state(&mut self.scratch, format_session_id(key).as_str(), state as u8);
         for member in members {
             out.send(member, &self.scratch);
+        }
+    }
+
+    /// When [`poll_client_list`](Signaling::poll_client_list) has work next: `None` while
+    /// nothing is owed; a time already past while a round is under way.
+    pub fn client_list_due(&self) -> Option<Instant> {
+        match &self.client_list.round {
+            Some(round) => Some(round.started),
+            None => self.client_list.due,
         }
     }
 

@@ -39,6 +39,13 @@ pub enum Delivery {
 pub trait Outbox {
     fn send(&mut self, to: ConnId, message: &[u8]) -> Delivery;
 
+    /// Like [`send`](Outbox::send), for messages that promise no delivery (`notify`): where
+    /// `send` would close a recipient that has too much unsent output, this drops the
+    /// message instead, so a third party cannot get a client disconnected by flooding it.
+    fn offer(&mut self, to: ConnId, message: &[u8]) -> Delivery {
+        self.send(to, message)
+    }
+
     /// Queues the current client list for `to`, unless a list sent earlier is still waiting
     /// to be written there: then it returns `false` and the core offers the newest list
     /// again later. That keeps at most one unsent `clu` per client. The list is shared:

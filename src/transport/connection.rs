@@ -44,7 +44,11 @@ pub struct Connection {
     pub write_shut: bool,
     /// Bytes read from the socket but not yet taken by tungstenite (see [`Inbox`]);
     /// empty, and unallocated, nearly always.
-    pub stash: Vec<u8>,
+    pub stash: Stash,
+    /// Since when a write has taken nothing at all: a client that pings but never reads is
+    /// closed after two ping intervals of that, so what it has queued (a shared client
+    /// list included) is not pinned forever.
+    pub output_stalled_since: Option<Instant>,
 }
 
 impl Connection {
@@ -80,7 +84,36 @@ impl Inbox {
 /// socket (into the inbox).
 pub struct Input<'a> {
     pub inbox: &'a mut Inbox,
-    pub stash: &'a mut Vec<u8>,
+    pub stash: &'a mut Stash,
+}
+
+/// A connection's unread leftover bytes, read from the front without moving the rest.
+#[derive(Default)]
+pub struct Stash {
+    bytes: Vec<u8>,
+    read: usize,
+}
+
+impl Stash {
+    pub fn push(&mut self, leftover: &[u8]) {
+        self.bytes.drain(..self.read);
+        self.read = 0;
+        self.bytes.extend_from_slice(leftover);
+    }
+
+    fn take_into(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.bytes.len() - self.read);
+        buf[..n].copy_from_slice(&self.bytes[self.read..self.read + n]);
+        self.read += n;
+        if self.read == self.bytes.len() {
+            *self = Stash::default();
+        }
+        n
+    }
+
+    fn is_empty(&self) -> bool {
+        self.read == self.bytes.len()
+    }
 }
 
 /// What tungstenite reads from and writes to. Writes go into the connection's output
@@ -118,13 +151,7 @@ impl Read for WsIo<'_> {
             return Err(io::ErrorKind::WouldBlock.into());
         };
         if !stash.is_empty() {
-            let n = buf.len().min(stash.len());
-            buf[..n].copy_from_slice(&stash[..n]);
-            stash.drain(..n);
-            if stash.is_empty() {
-                **stash = Vec::new();
-            }
-            return Ok(n);
+            return Ok(stash.take_into(buf));
         }
         if inbox.start == inbox.end {
             if self.drained {

@@ -121,6 +121,17 @@ impl Outbox for Connections {
         Delivery::Queued
     }
 
+    fn offer(&mut self, to: ConnId, message: &[u8]) -> Delivery {
+        let cap = self.max_output;
+        match self.live(to) {
+            Some(conn) if conn.out.unsent_counted() + message.len() + FRAME_OVERHEAD > cap => {
+                Delivery::Closing
+            }
+            Some(_) => self.send(to, message),
+            None => Delivery::Closing,
+        }
+    }
+
     fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> bool {
         let Some(conn) = self.live(to) else { return true };
         let queued = conn.out.push_list(list);

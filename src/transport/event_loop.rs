@@ -44,6 +44,9 @@ const FIRST_CONNECTION: usize = 2;
 
 /// Messages read from one connection before the loop moves on to others.
 pub const MESSAGES_PER_READ: usize = 32;
+/// Connections accepted per turn; more wait for the next turn (which does not sleep), so a
+/// connection flood cannot hold up the clients already connected.
+const ACCEPTS_PER_TURN: usize = 256;
 /// How long a closing connection may take to acknowledge our close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// After EMFILE and friends, accepting pauses this long instead of spinning.
@@ -101,6 +104,7 @@ impl Server {
             inbox: Inbox::new(INBOX_SIZE),
             metrics: Metrics::default(),
             accept_paused_until: None,
+            accept_more: false,
             shutdown_deadline: None,
         };
         Ok(Server { event_loop, local_addr })
@@ -141,6 +145,8 @@ struct EventLoop {
     inbox: Inbox,
     metrics: Metrics,
     accept_paused_until: Option<Instant>,
+    /// The listener had more connections than `ACCEPTS_PER_TURN`.
+    accept_more: bool,
     tick: Duration,
     next_tick: Instant,
     next_ping: Instant,
@@ -150,11 +156,13 @@ struct EventLoop {
 impl EventLoop {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        let mut client_list_due: Option<Instant> = None;
         loop {
             let now = Instant::now();
             let mut wake = self.next_tick;
-            if let Some(due) = client_list_due {
+            // Asked after everything of the last turn, closes included (they change the list).
+            if let Some(due) = self.core.client_list_due()
+                && self.shutdown_deadline.is_none()
+            {
                 wake = wake.min(due);
             }
             if let Some(deadline) = self.shutdown_deadline {
@@ -185,6 +193,9 @@ impl EventLoop {
                     }
                 }
             }
+            if std::mem::take(&mut self.accept_more) {
+                self.accept(now);
+            }
             for id in std::mem::take(&mut self.read_again) {
                 if let Some(conn) = self.conns.get_mut(id) {
                     conn.read_queued = false;
@@ -195,7 +206,7 @@ impl EventLoop {
                 self.housekeeping(now);
             }
             if self.shutdown_deadline.is_none() {
-                client_list_due = self.core.poll_client_list(now, &mut self.conns);
+                self.core.poll_client_list(now, &mut self.conns);
                 self.settle(now);
             }
             self.flush_dirty(now);
@@ -215,7 +226,7 @@ impl EventLoop {
         }
         self.accept_paused_until = None;
         let Some(listener) = self.listener.as_mut() else { return };
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             let (mut socket, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -265,9 +276,12 @@ impl EventLoop {
                 read_queued: false,
                 doomed: false,
                 write_shut: false,
-                stash: Vec::new(),
+                stash: Default::default(),
+                output_stalled_since: None,
             });
         }
+        // The turn's share is used up; the rest are accepted next turn.
+        self.accept_more = true;
     }
 
     fn on_signal(&mut self, now: Instant) {
@@ -282,10 +296,9 @@ impl EventLoop {
 
     fn on_readable(&mut self, id: ConnId, now: Instant) {
         let Some(conn) = self.conns.get_mut(id) else { return };
-        if conn.doomed {
-            return;
-        }
         match conn.phase {
+            // A doomed connection is read again only once `settle` has moved it on.
+            _ if conn.doomed && !matches!(conn.phase, Phase::Closing { .. }) => {}
             Phase::Handshake { .. } => self.read_handshake(id, now),
             Phase::Open { .. } => self.read_messages(id, now),
             Phase::Closing { .. } => self.drain_closing(id, now),
@@ -388,7 +401,7 @@ impl EventLoop {
             && let Some(conn) = self.conns.get_mut(id)
             && !conn.doomed
         {
-            conn.stash.extend_from_slice(leftover);
+            conn.stash.push(leftover);
         }
     }
 
@@ -469,6 +482,7 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(id) else { return };
         let Connection { socket, out, phase, stash, .. } = conn;
         let Phase::Closing { ws, peer_done, .. } = phase else { return };
+        let mut more_to_read = true;
         for _ in 0..MESSAGES_PER_READ {
             let done = match ws {
                 Some(ws) => match ws.read(&mut WsIo::reading(
@@ -479,7 +493,10 @@ impl EventLoop {
                 )) {
                     Ok(Message::Close(_)) => true,
                     Ok(_) => false,
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        more_to_read = false;
+                        break;
+                    }
                     Err(_) => true,
                 },
                 None => {
@@ -487,15 +504,23 @@ impl EventLoop {
                     match socket.read(&mut sink) {
                         Ok(0) => true,
                         Ok(_) => false,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            more_to_read = false;
+                            break;
+                        }
                         Err(_) => true,
                     }
                 }
             };
             if done {
                 *peer_done = true;
+                more_to_read = false;
                 break;
             }
+        }
+        if more_to_read && !conn.read_queued {
+            conn.read_queued = true;
+            self.read_again.push(id);
         }
         self.stash_leftover(id);
         self.conns.queue_flush(id);
@@ -540,7 +565,10 @@ impl EventLoop {
             let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
             // Errors here only mean the frame could not be queued; the deadline still ends it.
             let _ = ws.close(&mut WsIo::new(socket, out, cap), Some(frame));
-            *phase = Phase::Closing { ws: Some(ws), deadline, peer_done: false };
+            // After an oversized frame tungstenite still expects that frame's payload: its
+            // state is of no use for reading the close reply, so the rest is drained raw.
+            let ws = (why != CloseReason::MessageTooBig).then_some(ws);
+            *phase = Phase::Closing { ws, deadline, peer_done: false };
         }
         self.conns.queue_flush(id);
     }
@@ -558,15 +586,23 @@ impl EventLoop {
         let cap = self.config.max_output;
         // Usually empty: a tick that finds nothing expired allocates nothing.
         let mut expired: SmallVec<[(ConnId, bool); 8]> = SmallVec::new();
-        let mut dooms: SmallVec<[ConnId; 8]> = SmallVec::new();
+        let mut dooms: SmallVec<[(ConnId, Doom); 8]> = SmallVec::new();
         for (key, conn) in self.conns.slab.iter_mut() {
             let id = ConnId::new(key as u32, conn.generation);
+            let stalled_since = conn.output_stalled_since;
             let Connection { socket, out, phase, .. } = conn;
             match phase {
                 Phase::Handshake { deadline, .. } if now >= *deadline => expired.push((id, true)),
                 Phase::Closing { deadline, .. } if now >= *deadline => expired.push((id, false)),
                 Phase::Open { last_seen, .. } if now.duration_since(*last_seen) >= silent_limit => {
-                    dooms.push(id);
+                    dooms.push((id, Doom::Drop(CloseReason::LivenessTimeout)));
+                }
+                // Alive (it pings) but not reading: what it holds queued, a shared client
+                // list included, must not stay pinned forever.
+                Phase::Open { .. }
+                    if stalled_since.is_some_and(|since| now.duration_since(since) >= silent_limit) =>
+                {
+                    dooms.push((id, Doom::Close(CloseReason::OutputLimit)));
                 }
                 Phase::Open { ws, .. } if ping && self.shutdown_deadline.is_none() => {
                     let _ = ws.write(&mut WsIo::new(socket, out, cap), Message::Ping(Bytes::new()));
@@ -585,8 +621,8 @@ impl EventLoop {
             }
             self.remove(id);
         }
-        for id in dooms {
-            self.conns.doom(id, Doom::Drop(CloseReason::LivenessTimeout));
+        for (id, doom) in dooms {
+            self.conns.doom(id, doom);
         }
         self.settle(now);
     }
@@ -603,7 +639,12 @@ impl EventLoop {
     fn flush(&mut self, id: ConnId, now: Instant) {
         let Some(conn) = self.conns.get_mut(id) else { return };
         conn.flush_queued = false;
-        let wanted = match conn.out.write_to(&mut conn.socket, &mut self.metrics.bytes_sent) {
+        let sent_before = self.metrics.bytes_sent;
+        let result = conn.out.write_to(&mut conn.socket, &mut self.metrics.bytes_sent);
+        let stalled = matches!(result, Ok(Flush::Pending)) && self.metrics.bytes_sent == sent_before;
+        conn.output_stalled_since =
+            if stalled { Some(conn.output_stalled_since.unwrap_or(now)) } else { None };
+        let wanted = match result {
             Ok(Flush::Done) => Interest::READABLE,
             Ok(Flush::Pending) => Interest::READABLE | Interest::WRITABLE,
             Err(_) => {

@@ -68,7 +68,11 @@ impl Output {
     }
 
     fn owned_tail(&mut self) -> &mut Vec<u8> {
-        if !matches!(self.segments.back(), Some(Segment::Owned(_))) {
+        // Never append to a segment that is being written: a reader that always lags a
+        // little would otherwise keep every byte ever sent in it (only whole segments are
+        // freed).
+        let front_in_progress = self.segments.len() == 1 && self.front_written > 0;
+        if front_in_progress || !matches!(self.segments.back(), Some(Segment::Owned(_))) {
             self.segments.push_back(Segment::Owned(Vec::new()));
         }
         match self.segments.back_mut() {
@@ -94,10 +98,11 @@ impl Output {
         tail.extend_from_slice(payload);
     }
 
-    /// Queues a text frame whose payload is the shared client list. A list queued earlier
-    /// and not yet started is replaced in place (a client holds at most one unsent list,
-    /// and only the newest matters). Returns `false` while an earlier list is partly
-    /// written: the caller offers the newest one again later.
+    /// Queues a text frame whose payload is the shared client list, at the end. A list
+    /// queued earlier and not yet started is withdrawn (a client holds at most one unsent
+    /// list, and only the newest matters; it goes last so it follows every message produced
+    /// before it). Returns `false` while an earlier list is partly written: the caller
+    /// offers the newest one again later.
     pub fn push_list(&mut self, list: &Rc<[u8]>) -> bool {
         let mut header = Vec::with_capacity(10);
         push_text_header(&mut header, list.len());
@@ -107,8 +112,9 @@ impl Output {
         let list = Segment::SharedList(Rc::clone(list));
         match self.segments.iter().position(|s| matches!(s, Segment::ListHeader(..))) {
             Some(at) if at > 0 || self.front_written == 0 => {
-                self.segments[at] = header;
-                self.segments[at + 1] = list;
+                self.segments.drain(at..at + 2);
+                self.segments.push_back(header);
+                self.segments.push_back(list);
                 true
             }
             Some(_) => false,
@@ -234,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn a_newer_list_replaces_an_unstarted_one_in_place() {
+    fn a_newer_list_replaces_an_unstarted_one_and_goes_last() {
         let mut out = Output::default();
         out.push_text(b"a");
         assert!(out.push_list(&list("[1]")));
@@ -242,7 +248,21 @@ mod tests {
         assert!(out.push_list(&list("[1,2]")));
         let mut sock = Trickle { taken: Vec::new(), budget: usize::MAX };
         out.write_to(&mut sock, &mut 0).expect("writes");
-        assert_eq!(sock.taken, [&[0x81, 1][..], b"a", &[0x81, 5], b"[1,2]", &[0x81, 1], b"b"].concat());
+        assert_eq!(sock.taken, [&[0x81, 1][..], b"a", &[0x81, 1], b"b", &[0x81, 5], b"[1,2]"].concat());
+    }
+
+    #[test]
+    fn a_lagging_reader_does_not_keep_what_it_has_read() {
+        let mut out = Output::default();
+        let mut sock = Trickle { taken: Vec::new(), budget: 0 };
+        for _ in 0..1000 {
+            out.push_text(&[b'x'; 1000]);
+            sock.budget = 1000;
+            out.write_to(&mut sock, &mut 0).expect("writes");
+        }
+        // Whatever is held is (nearly) what is still unsent, not the 1 MB that went out.
+        let held: usize = out.segments.iter().map(|segment| segment.bytes().len()).sum();
+        assert!(held <= out.unsent_counted() + 1004, "{held} bytes held for {} unsent", out.unsent_counted());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use loadtest::Target;
 use loadtest::churn::{self, ChurnOptions};
 use loadtest::idle::{self, IdleOptions};
 use loadtest::relay::{self, RelayOptions};
+use loadtest::soak::{self, SoakOptions};
 
 use crate::harness::Server;
 
@@ -75,4 +76,74 @@ fn churn_converges_after_joins_and_leaves() {
     assert!(report.join.client_list_bytes_received > 0);
     assert!(report.relay_latency.samples > 0, "the pairs relayed during the storm: {report:?}");
     assert_eq!(report.relay_lost, 0);
+}
+
+/// The soak runs against default limits: each client sends about 12 commands/s, so nothing
+/// may be rate limited, and every garbage or fatal frame must get its documented answer.
+#[test]
+fn soak_leaves_the_server_idle_without_growing() {
+    let server = Server::start();
+    let options = SoakOptions {
+        clients: 200,
+        duration: Duration::from_millis(2500),
+        warmup: Duration::from_millis(1000),
+        seed: 7,
+        ..SoakOptions::default()
+    };
+    let report = soak::run(&target(&server), &options).expect("soak runs");
+    assert!(!report.leaked, "{report:#?}");
+    assert_eq!(report.unexpected, 0, "{report:#?}");
+    let end = report.server_end.as_ref().expect("/metrics was read at the end");
+    assert_eq!(
+        (end.clients_registered, end.sessions_new, end.sessions_pending, end.sessions_active),
+        (0, 0, 0, 0),
+        "{report:#?}"
+    );
+    assert!(end.connections_open <= 1, "only the metrics request itself: {report:#?}");
+    assert!(report.server_rss_growth_kib.is_some(), "RSS is read with the server's pid: {report:#?}");
+    assert!(!report.errors_by_code.contains_key(&9500), "never rate limited: {report:#?}");
+    for kind in [
+        "session",
+        "call",
+        "accept",
+        "icecandidate",
+        "stop",
+        "notify",
+        "garbage_json",
+        "garbage_binary",
+        "garbage_shape",
+        "leave_drop",
+        "leave_close",
+        "leave_oversized",
+        "leave_bad_utf8",
+        "leave_protocol_error",
+        "leave_truncated",
+    ] {
+        assert!(report.operations.get(kind).is_some_and(|&n| n > 0), "no {kind}: {report:#?}");
+    }
+    // Relays arrived, and the fatal frames were answered with their close codes.
+    assert!(report.received.get("icecandidate").is_some_and(|&n| n > 0), "{report:#?}");
+    for code in ["1002", "1007", "1009"] {
+        assert!(report.server_closes_by_code.contains_key(code), "no close {code}: {report:#?}");
+    }
+}
+
+/// The verdict is not vacuous: a client the soak did not create stays registered, so the
+/// server never gets back to idle and the soak says so.
+#[test]
+fn soak_reports_a_server_that_does_not_get_back_to_idle() {
+    let server = Server::start();
+    let _stranger = server.register("stranger");
+    let options = SoakOptions {
+        clients: 20,
+        duration: Duration::from_millis(300),
+        warmup: Duration::ZERO,
+        settle: Duration::from_millis(300),
+        ..SoakOptions::default()
+    };
+    let report = soak::run(&target(&server), &options).expect("soak runs");
+    assert!(report.leaked, "{report:#?}");
+    let end = report.server_end.as_ref().expect("/metrics was read at the end");
+    assert_eq!(end.clients_registered, 1, "{report:#?}");
+    assert!(report.verdict.iter().any(|line| line.starts_with("NOT idle")), "{report:#?}");
 }

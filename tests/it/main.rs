@@ -8,6 +8,7 @@ mod harness;
 
 mod browser;
 mod defences;
+mod exhaustion;
 
 mod flows;
 mod garbage;
