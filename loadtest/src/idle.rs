@@ -21,6 +21,10 @@ pub struct IdleOptions {
     /// registered, before memory is measured.
     pub settle: Duration,
     pub timeout: Duration,
+    /// Pair the clients into sessions as they register: CALLING clients get no client
+    /// lists, which measures the cost of a connection itself rather than the O(clients²)
+    /// list traffic of thousands of clients all in WAIT.
+    pub in_sessions: bool,
 }
 
 impl Default for IdleOptions {
@@ -30,6 +34,7 @@ impl Default for IdleOptions {
             concurrency: 500,
             settle: Duration::from_secs(1),
             timeout: Duration::from_secs(60),
+            in_sessions: false,
         }
     }
 }
@@ -47,6 +52,8 @@ pub struct IdleReport {
     /// (after - before) / registered, in bytes.
     pub server_rss_per_client_bytes: Option<f64>,
     pub client_list_bytes_received: u64,
+    pub in_sessions: bool,
+    pub sessions: usize,
     pub generator_cpu_seconds: Option<f64>,
 }
 
@@ -61,6 +68,8 @@ pub fn run(target: &Target, options: &IdleOptions) -> io::Result<IdleReport> {
     let mut list_bytes = 0u64;
     let began = Instant::now();
     let mut all_registered: Option<Instant> = None;
+    let mut waiting_partner: Option<usize> = None;
+    let mut sessions = 0usize;
     loop {
         while started < options.clients && in_flight < options.concurrency {
             fleet.connect()?;
@@ -77,7 +86,19 @@ pub fn run(target: &Target, options: &IdleOptions) -> io::Result<IdleReport> {
                     Some(message) if message.cmd == "sId" => {
                         registered += 1;
                         in_flight -= 1;
+                        if options.in_sessions {
+                            match waiting_partner.take() {
+                                Some(partner) => {
+                                    let session =
+                                        format!(r#"{{"cmd":"session","opponentId":"{prefix}-{partner}"}}"#);
+                                    fleet.send(key, &session);
+                                }
+                                None => waiting_partner = Some(key),
+                            }
+                        }
                     }
+                    Some(message) if message.cmd == "session" => sessions += 1,
+                    Some(message) if message.cmd == "ssu" => {}
                     _ => {
                         failed += 1;
                         in_flight = in_flight.saturating_sub(1);
@@ -124,6 +145,8 @@ pub fn run(target: &Target, options: &IdleOptions) -> io::Result<IdleReport> {
             _ => None,
         },
         client_list_bytes_received: list_bytes,
+        in_sessions: options.in_sessions,
+        sessions,
         generator_cpu_seconds: generator.elapsed().map(|d| d.as_secs_f64()),
     })
 }
@@ -143,6 +166,10 @@ pub fn print(report: &IdleReport) {
         ("server RSS after", kib(report.server_rss_after_kib)),
         ("RSS per client", report::opt(report.server_rss_per_client_bytes, " bytes")),
         ("clu bytes received", report.client_list_bytes_received.to_string()),
+        (
+            "sessions",
+            if report.in_sessions { report.sessions.to_string() } else { "none (all in WAIT)".to_owned() },
+        ),
         ("generator CPU", format!("{:.2} s", report.generator_cpu_seconds.unwrap_or(0.0))),
     ];
     report::table("idle", &rows);

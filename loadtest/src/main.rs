@@ -37,6 +37,8 @@ idle: N registered clients that stay idle.
     --concurrency C      Connections being set up at once. [default: 500]
     --settle SECONDS     Time connected after the last registration, before memory is
                          read. [default: 1]
+    --in-sessions        Pair the clients into sessions as they register, so they get no
+                         client lists (which cost O(clients²) bytes when all wait).
 
 churn: a burst of N joins, then N leaves, while W clients wait and P pairs relay.
     --watchers W         [default: 100]
@@ -127,6 +129,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             (Mode::Idle(o), Long("clients")) => o.clients = num(&mut parser, "--clients")?,
             (Mode::Idle(o), Long("concurrency")) => o.concurrency = num(&mut parser, "--concurrency")?,
             (Mode::Idle(o), Long("settle")) => o.settle = secs(&mut parser, "--settle")?,
+            (Mode::Idle(o), Long("in-sessions")) => o.in_sessions = true,
             (Mode::Churn(o), Long("watchers")) => o.watchers = num(&mut parser, "--watchers")?,
             (Mode::Churn(o), Long("pairs")) => o.pairs = num(&mut parser, "--pairs")?,
             (Mode::Churn(o), Long("burst")) => o.burst = num(&mut parser, "--burst")?,
