@@ -16,3 +16,7 @@ mod output;
 mod rate_limit;
 
 pub use event_loop::{MESSAGES_PER_READ, Server};
+
+/// The HTTP request-head parser, public only for the fuzz targets in `fuzz/`; not API.
+#[doc(hidden)]
+pub use http::{Head, Route, UpgradePolicy, read_head};
