@@ -96,83 +96,75 @@ impl Metrics {
     /// The whole `/metrics` body.
     pub fn render(&self, core: &CoreStats, counters: &CoreCounters, open_connections: usize) -> String {
         let mut out = String::with_capacity(4096);
-        let mut gauge = |name: &str, help: &str, value: u64| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");
-        };
-        gauge(
+        let open = open_connections as u64;
+        let registered = core.registered as u64;
+        family(
+            &mut out,
             "signaling_connections_open",
+            "gauge",
             "Open TCP connections, handshakes included.",
-            open_connections as u64,
+            None,
+            [("", open)],
         );
-        gauge("signaling_clients_registered", "Clients registered with an sId.", core.registered as u64);
-
-        let _ = write!(
-            out,
-            "# HELP signaling_sessions Live sessions by state.\n# TYPE signaling_sessions gauge\n\
-             signaling_sessions{{state=\"new\"}} {}\nsignaling_sessions{{state=\"pending\"}} {}\n\
-             signaling_sessions{{state=\"active\"}} {}\n",
-            core.sessions_new, core.sessions_pending, core.sessions_active
+        family(
+            &mut out,
+            "signaling_clients_registered",
+            "gauge",
+            "Clients registered with an sId.",
+            None,
+            [("", registered)],
         );
-
-        out.push_str("# HELP signaling_commands_received_total Client messages by command; \"invalid\" failed checks 1-3 (not JSON, wrong shape, unknown command).\n");
-        out.push_str("# TYPE signaling_commands_received_total counter\n");
-        for kind in CommandKind::ALL {
-            let _ = writeln!(
-                out,
-                "signaling_commands_received_total{{cmd=\"{}\"}} {}",
-                kind.name(),
-                counters.commands[kind as usize]
-            );
+        let sessions = [
+            ("new", core.sessions_new as u64),
+            ("pending", core.sessions_pending as u64),
+            ("active", core.sessions_active as u64),
+        ];
+        family(&mut out, "signaling_sessions", "gauge", "Live sessions by state.", Some("state"), sessions);
+        let commands = CommandKind::ALL
+            .iter()
+            .map(|&kind| (kind.name(), counters.commands[kind as usize]))
+            .chain([("invalid", counters.invalid_messages)]);
+        family(
+            &mut out,
+            "signaling_commands_received_total",
+            "counter",
+            "Client messages by command; \"invalid\" failed checks 1-3 (not JSON, wrong shape, unknown command).",
+            Some("cmd"),
+            commands,
+        );
+        let codes: Vec<String> = ErrorCode::ALL.iter().map(|code| code.code().to_string()).collect();
+        let errors = codes.iter().zip(counters.errors).map(|(code, count)| (code.as_str(), count));
+        family(
+            &mut out,
+            "signaling_errors_sent_total",
+            "counter",
+            "Error messages sent, by code.",
+            Some("code"),
+            errors,
+        );
+        for (name, help, value) in [
+            ("signaling_bytes_received_total", "Bytes read from client sockets.", self.bytes_received),
+            ("signaling_bytes_sent_total", "Bytes written to client sockets.", self.bytes_sent),
+            ("signaling_client_lists_sent_total", "clu messages queued to clients.", core.client_lists_sent),
+            ("signaling_client_list_bytes_total", "Bytes of clu messages queued.", core.client_list_bytes),
+            ("signaling_connections_accepted_total", "TCP connections accepted.", self.connections_accepted),
+            (
+                "signaling_connections_refused_total",
+                "Connections refused with 503 at --max-connections or --max-connections-per-ip.",
+                self.connections_refused,
+            ),
+        ] {
+            family(&mut out, name, "counter", help, None, [("", value)]);
         }
-        let _ = writeln!(
-            out,
-            "signaling_commands_received_total{{cmd=\"invalid\"}} {}",
-            counters.invalid_messages
+        let closed = CloseReason::ALL.iter().map(|&reason| (reason.label(), self.closed[reason as usize]));
+        family(
+            &mut out,
+            "signaling_connections_closed_total",
+            "counter",
+            "Connections ended, by reason.",
+            Some("reason"),
+            closed,
         );
-
-        out.push_str("# HELP signaling_errors_sent_total Error messages sent, by code.\n");
-        out.push_str("# TYPE signaling_errors_sent_total counter\n");
-        for (index, code) in ErrorCode::ALL.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "signaling_errors_sent_total{{code=\"{}\"}} {}",
-                code.code(),
-                counters.errors[index]
-            );
-        }
-
-        let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n");
-        };
-        counter("signaling_bytes_received_total", "Bytes read from client sockets.", self.bytes_received);
-        counter("signaling_bytes_sent_total", "Bytes written to client sockets.", self.bytes_sent);
-        counter(
-            "signaling_client_lists_sent_total",
-            "clu messages queued to clients.",
-            core.client_lists_sent,
-        );
-        counter("signaling_client_list_bytes_total", "Bytes of clu messages queued.", core.client_list_bytes);
-        counter(
-            "signaling_connections_accepted_total",
-            "TCP connections accepted.",
-            self.connections_accepted,
-        );
-        counter(
-            "signaling_connections_refused_total",
-            "Connections refused with 503 at --max-connections.",
-            self.connections_refused,
-        );
-
-        out.push_str("# HELP signaling_connections_closed_total Connections ended, by reason.\n");
-        out.push_str("# TYPE signaling_connections_closed_total counter\n");
-        for reason in CloseReason::ALL {
-            let _ = writeln!(
-                out,
-                "signaling_connections_closed_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                self.closed[reason as usize]
-            );
-        }
 
         out.push_str("# HELP signaling_loop_iteration_seconds Work time of one event-loop iteration (sleep excluded).\n");
         out.push_str("# TYPE signaling_loop_iteration_seconds histogram\n");
@@ -185,5 +177,24 @@ impl Metrics {
         let _ = writeln!(out, "signaling_loop_iteration_seconds_sum {}", self.turn_seconds);
         let _ = writeln!(out, "signaling_loop_iteration_seconds_count {}", self.turn_count);
         out
+    }
+}
+
+/// One metric family: its HELP and TYPE lines, then a sample per `(label value, value)`
+/// (`label` `None`: one unlabelled sample).
+fn family<'a>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: Option<&str>,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    for (value_of_label, value) in samples {
+        let _ = match label {
+            Some(label) => writeln!(out, "{name}{{{label}=\"{value_of_label}\"}} {value}"),
+            None => writeln!(out, "{name} {value}"),
+        };
     }
 }
