@@ -49,6 +49,7 @@ pub struct Fleet {
     next_source: usize,
     /// Bytes of text messages received, for reports.
     pub bytes_in: u64,
+    inbox: Inbox,
 }
 
 const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: loadtest\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
@@ -66,6 +67,7 @@ impl Fleet {
             sources,
             next_source: 0,
             bytes_in: 0,
+            inbox: Inbox::new(),
         })
     }
 
@@ -220,7 +222,9 @@ impl Fleet {
                 return;
             }
             let rest = response[end + 4..].to_vec();
-            let config = WebSocketConfig::default().read_buffer_size(16 << 10).write_buffer_size(0);
+            // Small: tungstenite zero-fills up to this much per read call; the socket itself
+            // is read in 64 KiB chunks into the fleet's inbox.
+            let config = WebSocketConfig::default().read_buffer_size(512).write_buffer_size(0);
             client.state = State::Open(Box::new(WebSocketContext::from_partially_read(
                 rest,
                 Role::Client,
@@ -230,8 +234,17 @@ impl Fleet {
         }
         let State::Open(ws) = &mut client.state else { return };
         let mut drained = false;
+        // The loop below reads until WouldBlock, which the inbox only reports once it is
+        // empty: nothing of this client is left in it for the next one (after a close or an
+        // error the rest is dropped with the connection).
+        self.inbox.clear();
         loop {
-            let mut io = SocketIo { stream: &mut client.stream, out: &mut client.out, drained };
+            let mut io = SocketIo {
+                stream: &mut client.stream,
+                out: &mut client.out,
+                inbox: &mut self.inbox,
+                drained,
+            };
             let result = ws.read(&mut io);
             drained = io.drained;
             match result {
@@ -302,18 +315,47 @@ fn libc_einprogress() -> i32 {
 struct SocketIo<'a> {
     stream: &'a mut TcpStream,
     out: &'a mut Vec<u8>,
+    inbox: &'a mut Inbox,
     /// A short read emptied the socket: the next read would only say EAGAIN, so skip the
     /// syscall (edge-triggered polling reports any data that arrives later).
     drained: bool,
 }
 
+/// One read buffer for every client: sockets are read in large chunks, tungstenite takes
+/// small pieces from it.
+struct Inbox {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Inbox {
+    fn new() -> Self {
+        Inbox { buf: vec![0; 64 << 10].into_boxed_slice(), start: 0, end: 0 }
+    }
+
+    fn clear(&mut self) {
+        (self.start, self.end) = (0, 0);
+    }
+}
+
 impl Read for SocketIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.drained {
-            return Err(io::ErrorKind::WouldBlock.into());
+        let inbox = &mut *self.inbox;
+        if inbox.start == inbox.end {
+            if self.drained {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = self.stream.read(&mut inbox.buf)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.drained = n < inbox.buf.len();
+            (inbox.start, inbox.end) = (0, n);
         }
-        let n = self.stream.read(buf)?;
-        self.drained = n > 0 && n < buf.len();
+        let n = buf.len().min(inbox.end - inbox.start);
+        buf[..n].copy_from_slice(&inbox.buf[inbox.start..inbox.start + n]);
+        inbox.start += n;
         Ok(n)
     }
 }
