@@ -55,12 +55,15 @@ pub struct IdleReport {
     pub in_sessions: bool,
     pub sessions: usize,
     pub generator_cpu_seconds: Option<f64>,
+    /// Server CPU time from the first connect to the end of the settle time (with --server-pid).
+    pub server_cpu_seconds: Option<f64>,
 }
 
 pub fn run(target: &Target, options: &IdleOptions) -> io::Result<IdleReport> {
     let mut fleet = Fleet::new(target.addr, target.sources.clone())?;
     let rss_before = target.server_pid.and_then(procfs::rss_kib);
     let generator = procfs::CpuMeter::start(std::process::id());
+    let server_cpu = target.server_pid.map(procfs::CpuMeter::start);
     let prefix = format!("idle{}", std::process::id());
     let mut events = Vec::new();
     let (mut started, mut in_flight, mut registered, mut failed) = (0usize, 0usize, 0usize, 0u64);
@@ -148,6 +151,7 @@ pub fn run(target: &Target, options: &IdleOptions) -> io::Result<IdleReport> {
         in_sessions: options.in_sessions,
         sessions,
         generator_cpu_seconds: generator.elapsed().map(|d| d.as_secs_f64()),
+        server_cpu_seconds: server_cpu.as_ref().and_then(procfs::CpuMeter::elapsed).map(|d| d.as_secs_f64()),
     })
 }
 
@@ -171,6 +175,7 @@ pub fn print(report: &IdleReport) {
             if report.in_sessions { report.sessions.to_string() } else { "none (all in WAIT)".to_owned() },
         ),
         ("generator CPU", format!("{:.2} s", report.generator_cpu_seconds.unwrap_or(0.0))),
+        ("server CPU", report::opt(report.server_cpu_seconds, " s")),
     ];
     report::table("idle", &rows);
     if let Some(error) = &report.first_error {
