@@ -34,7 +34,7 @@ relay: P pairs in sessions send ICE candidates both ways.
 
 idle: N registered clients that stay idle.
     --clients N          [default: 1000]
-    --concurrency C      Connections being set up at once. [default: 500]
+    --concurrency C      Connections being set up at once. [default: 100]
     --settle SECONDS     Time connected after the last registration, before memory is
                          read. [default: 1]
     --in-sessions        Pair the clients into sessions as they register, so they get no
