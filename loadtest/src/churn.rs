@@ -1,6 +1,7 @@
-//! `churn`: a burst of N joins (then N leaves) while W clients sit in WAIT and a few pairs
-//! keep relaying. How long until every WAIT client holds the complete list (convergence),
-//! how many list bytes that took, and what the storm did to relay latency.
+//! `churn`: while W clients sit in WAIT and a few pairs keep relaying, first clients join
+//! and leave at a steady rate, then a burst of N joins (then N leaves) hits. How long
+//! until every WAIT client holds the complete list (convergence), how many list bytes that
+//! took, and what the storm did to relay latency.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,6 +22,10 @@ pub struct ChurnOptions {
     pub burst: usize,
     pub concurrency: usize,
     pub timeout: Duration,
+    /// Steady phase: joins per second (and, once `churn_population` are in, as many leaves).
+    pub churn_rate: f64,
+    pub churn_duration: Duration,
+    pub churn_population: usize,
 }
 
 impl Default for ChurnOptions {
@@ -31,6 +36,9 @@ impl Default for ChurnOptions {
             burst: 1000,
             concurrency: 500,
             timeout: Duration::from_secs(60),
+            churn_rate: 100.0,
+            churn_duration: Duration::from_secs(2),
+            churn_population: 50,
         }
     }
 }
@@ -44,11 +52,25 @@ pub struct Phase {
     pub client_list_bytes_received: u64,
 }
 
+/// The steady phase: clients joining and leaving at a set rate.
+#[derive(Debug, Serialize)]
+pub struct SteadyChurn {
+    pub rate_per_second: f64,
+    pub seconds: f64,
+    pub joins: u64,
+    pub leaves: u64,
+    /// After the last churner left, until the watchers' lists were back to the base.
+    pub convergence_seconds: f64,
+    pub client_lists_received: u64,
+    pub client_list_bytes_received: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ChurnReport {
     pub watchers: usize,
     pub pairs: usize,
     pub burst: usize,
+    pub steady: SteadyChurn,
     pub join: Phase,
     pub leave: Phase,
     /// Relay latency of the pairs (window 1) during both phases.
@@ -149,14 +171,71 @@ pub fn run(target: &Target, options: &ChurnOptions) -> io::Result<ChurnReport> {
         }
     }
 
+    // Steady churn: one join every 1/rate s; past the population, the oldest churner leaves.
+    let churn_started = Instant::now();
+    let (lists_before, bytes_before) = (waiting.lists, waiting.bytes);
+    let mut churners = std::collections::VecDeque::new();
+    let (mut joins, mut leaves) = (0u64, 0u64);
+    let interval = Duration::from_secs_f64(1.0 / options.churn_rate.max(0.001));
+    let mut next_join = churn_started;
+    while churn_started.elapsed() < options.churn_duration {
+        deadline("steady churn")?;
+        while next_join <= Instant::now() && churn_started.elapsed() < options.churn_duration {
+            churners.push_back(fleet.connect()?);
+            joins += 1;
+            if churners.len() > options.churn_population
+                && let Some(gone) = churners.pop_front()
+            {
+                fleet.drop_client(gone);
+                waiting.last_list_len.remove(&gone);
+                leaves += 1;
+            }
+            next_join += interval;
+        }
+        fleet.turn(Duration::from_millis(2), &mut events)?;
+        let now = Instant::now();
+        for (key, event) in events.drain(..) {
+            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
+        }
+    }
+    let churn_seconds = churn_started.elapsed().as_secs_f64();
+    let last_left = Instant::now();
+    for gone in churners.drain(..) {
+        fleet.drop_client(gone);
+        waiting.last_list_len.remove(&gone);
+        leaves += 1;
+    }
+    let churn_done = loop {
+        deadline("steady churn convergence")?;
+        fleet.turn(Duration::from_millis(5), &mut events)?;
+        let now = Instant::now();
+        for (key, event) in events.drain(..) {
+            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
+        }
+        if waiting.converged(watchers.iter().copied(), base) {
+            break now;
+        }
+    };
+    let steady = SteadyChurn {
+        rate_per_second: options.churn_rate,
+        seconds: churn_seconds,
+        joins,
+        leaves,
+        convergence_seconds: (churn_done - last_left).as_secs_f64(),
+        client_lists_received: waiting.lists - lists_before,
+        client_list_bytes_received: waiting.bytes - bytes_before,
+    };
+
     // The burst of joins.
+    let registered_before_burst = registered;
     let join_started = Instant::now();
     let (lists_before, bytes_before) = (waiting.lists, waiting.bytes);
     let mut burst = Vec::new();
     let expected = base + options.burst;
     let join_done = loop {
         deadline("join convergence")?;
-        while burst.len() < options.burst && burst.len() + options.watchers < registered + options.concurrency
+        while burst.len() < options.burst
+            && burst.len() < (registered - registered_before_burst) + options.concurrency
         {
             burst.push(fleet.connect()?);
         }
@@ -212,6 +291,7 @@ pub fn run(target: &Target, options: &ChurnOptions) -> io::Result<ChurnReport> {
         watchers: options.watchers,
         pairs: options.pairs,
         burst: options.burst,
+        steady,
         join,
         leave,
         relay_latency: Latency::of(&pairs.latency_ns),
@@ -236,6 +316,19 @@ pub fn print(report: &ChurnReport) {
             format!(
                 "{} watchers, {} relaying pairs, burst of {}",
                 report.watchers, report.pairs, report.burst
+            ),
+        ),
+        (
+            "steady churn",
+            format!(
+                "{} joins, {} leaves in {:.1} s ({:.0}/s); back to the base list {:.3} s after the last left; {} lists, {:.1} MB",
+                report.steady.joins,
+                report.steady.leaves,
+                report.steady.seconds,
+                report.steady.rate_per_second,
+                report.steady.convergence_seconds,
+                report.steady.client_lists_received,
+                report.steady.client_list_bytes_received as f64 / 1e6
             ),
         ),
         ("join burst", phase(&report.join)),

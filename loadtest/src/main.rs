@@ -40,11 +40,17 @@ idle: N registered clients that stay idle.
     --in-sessions        Pair the clients into sessions as they register, so they get no
                          client lists (which cost O(clients²) bytes when all wait).
 
-churn: a burst of N joins, then N leaves, while W clients wait and P pairs relay.
+churn: W clients wait and P pairs relay while clients join and leave at a steady rate,
+then a burst of N joins, then N leaves.
     --watchers W         [default: 100]
     --pairs P            [default: 10]
+    --churn-rate R       Steady joins per second (and leaves, past the population).
+                         [default: 100]
+    --churn-duration SECONDS
+                         [default: 2]
+    --churn-population N Churners connected at once in the steady phase. [default: 50]
     --burst N            [default: 1000]
-    --concurrency C      [default: 500]
+    --concurrency C      Burst connections being set up at once. [default: 500]
 
 soak: for a fixed time, up to N connections churn in a seeded random order: connect,
 register, open sessions and relay (call/accept/icecandidate/stop/reject), notify, send
@@ -134,6 +140,13 @@ fn parse_args() -> Result<Option<Args>, String> {
             (Mode::Churn(o), Long("pairs")) => o.pairs = num(&mut parser, "--pairs")?,
             (Mode::Churn(o), Long("burst")) => o.burst = num(&mut parser, "--burst")?,
             (Mode::Churn(o), Long("concurrency")) => o.concurrency = num(&mut parser, "--concurrency")?,
+            (Mode::Churn(o), Long("churn-rate")) => o.churn_rate = num(&mut parser, "--churn-rate")?,
+            (Mode::Churn(o), Long("churn-duration")) => {
+                o.churn_duration = secs(&mut parser, "--churn-duration")?
+            }
+            (Mode::Churn(o), Long("churn-population")) => {
+                o.churn_population = num(&mut parser, "--churn-population")?
+            }
             (Mode::Soak(o), Long("clients")) => o.clients = num(&mut parser, "--clients")?,
             (Mode::Soak(o), Long("duration")) => o.duration = secs(&mut parser, "--duration")?,
             (Mode::Soak(o), Long("warmup")) => o.warmup = secs(&mut parser, "--warmup")?,

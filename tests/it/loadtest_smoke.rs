@@ -68,9 +68,17 @@ fn idle_registers_every_client_and_reads_server_memory() {
 #[test]
 fn churn_converges_after_joins_and_leaves() {
     let server = server();
-    let options = ChurnOptions { watchers: 20, pairs: 2, burst: 100, ..ChurnOptions::default() };
+    let options = ChurnOptions {
+        watchers: 20,
+        pairs: 2,
+        burst: 100,
+        churn_duration: Duration::from_millis(500),
+        ..ChurnOptions::default()
+    };
     let report = churn::run(&target(&server), &options).expect("churn runs");
     assert_eq!(report.errors, 0, "{report:?}");
+    assert!(report.steady.joins >= 40 && report.steady.leaves == report.steady.joins, "{report:?}");
+    assert!(report.steady.convergence_seconds < 5.0, "{report:?}");
     assert!(report.join.convergence_seconds < 5.0, "{report:?}");
     assert!(report.leave.convergence_seconds < 5.0, "{report:?}");
     assert!(report.join.client_list_bytes_received > 0);
