@@ -43,7 +43,7 @@ const SIGNALS: Token = Token(1);
 const FIRST_CONNECTION: usize = 2;
 
 /// Messages read from one connection before the loop moves on to others.
-pub const MESSAGES_PER_READ: usize = 32;
+const MESSAGES_PER_READ: usize = 32;
 /// Connections accepted per turn; more wait for the next turn (which does not sleep), so a
 /// connection flood cannot hold up the clients already connected.
 const ACCEPTS_PER_TURN: usize = 256;
@@ -301,7 +301,7 @@ impl EventLoop {
             _ if conn.doomed && !matches!(conn.phase, Phase::Closing { .. }) => {}
             Phase::Handshake { .. } => self.read_handshake(id, now),
             Phase::Open { .. } => self.read_messages(id, now),
-            Phase::Closing { .. } => self.drain_closing(id, now),
+            Phase::Closing { .. } => self.drain_closing(id),
         }
     }
 
@@ -477,7 +477,7 @@ impl EventLoop {
     }
 
     /// A closing connection: discard what it still sends, notice when it is done.
-    fn drain_closing(&mut self, id: ConnId, now: Instant) {
+    fn drain_closing(&mut self, id: ConnId) {
         let cap = self.config.max_output;
         let Some(conn) = self.conns.get_mut(id) else { return };
         let Connection { socket, out, phase, stash, .. } = conn;
@@ -524,7 +524,7 @@ impl EventLoop {
         }
         self.stash_leftover(id);
         self.conns.queue_flush(id);
-        self.finish_if_closed(id, now);
+        self.finish_if_closed(id);
     }
 
     /// Carries out every close decided so far. Closing a registered client runs the core's
@@ -662,12 +662,12 @@ impl EventLoop {
                 conn.interest = wanted;
             }
         }
-        self.finish_if_closed(id, now);
+        self.finish_if_closed(id);
     }
 
     /// A closing connection whose output is out: half-close our side, and drop it once
     /// the peer is done too.
-    fn finish_if_closed(&mut self, id: ConnId, _now: Instant) {
+    fn finish_if_closed(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(id) else { return };
         let Phase::Closing { peer_done, .. } = conn.phase else { return };
         if !conn.out.is_empty() {

@@ -15,7 +15,7 @@ mod http;
 mod output;
 mod rate_limit;
 
-pub use event_loop::{MESSAGES_PER_READ, Server};
+pub use event_loop::Server;
 
 /// The HTTP request-head parser, public only for the fuzz targets in `fuzz/`; not API.
 #[doc(hidden)]
