@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
+use std::rc::Rc;
 
 use super::ConnId;
 use super::sessions::SessionKey;
@@ -10,7 +11,8 @@ use crate::protocol::encode;
 
 pub(crate) struct Client {
     generation: u32,
-    pub sid: Box<str>,
+    /// Shared with the `by_sid` key: one allocation per client, not two.
+    pub sid: Rc<str>,
     /// The sId as a JSON string literal, escaped once here instead of in every message.
     pub sid_json: Box<str>,
     order: u64,
@@ -31,7 +33,7 @@ pub(crate) struct Registry {
     /// Indexed by [`ConnId::index`]; the transport's slab keeps indexes dense.
     slots: Vec<Option<Client>>,
     // SipHash (std's default) on purpose: sIds are chosen by clients.
-    by_sid: HashMap<Box<str>, ConnId>,
+    by_sid: HashMap<Rc<str>, ConnId>,
     order: BTreeMap<u64, ConnId>,
     next_order: u64,
 }
@@ -60,14 +62,15 @@ impl Registry {
         let order = self.next_order;
         self.next_order += 1;
         self.order.insert(order, conn);
-        self.by_sid.insert(sid.into(), conn);
+        let sid: Rc<str> = sid.into();
+        self.by_sid.insert(Rc::clone(&sid), conn);
         if self.slots.len() <= conn.index() {
             self.slots.resize_with(conn.index() + 1, || None);
         }
         let slot = &mut self.slots[conn.index()];
         slot.insert(Client {
             generation: conn.generation(),
-            sid: sid.into(),
+            sid,
             sid_json: String::from_utf8_lossy(&sid_json).into(),
             order,
             session: None,
