@@ -535,3 +535,14 @@ fn an_unknown_flag_exits_2_naming_it() {
         assert!(output.stdout.is_empty(), "{args:?}: printed {:?}", String::from_utf8_lossy(&output.stdout));
     }
 }
+
+#[test]
+fn the_readme_shows_the_current_help() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let start = readme.find("```text\nsignaling-server: a WebRTC").expect("the --help block in README.md")
+        + "```text\n".len();
+    let end = start + readme[start..].find("```").expect("the end of the block");
+    let output = run_binary(&["--help"]);
+    assert_eq!(&readme[start..end], String::from_utf8_lossy(&output.stdout), "README.md's flags are stale");
+}
