@@ -149,14 +149,24 @@ pub fn run(target: &Target, options: &ChurnOptions) -> io::Result<ChurnReport> {
             }
         }
     };
+    // One turn of the fleet, every event through `handle`; returns when the turn ended.
+    let mut pump = |fleet: &mut Fleet,
+                    pairs: &mut Pairs,
+                    waiting: &mut Waiting,
+                    registered: &mut usize,
+                    timeout: Duration|
+     -> io::Result<Instant> {
+        fleet.turn(timeout, &mut events)?;
+        let now = Instant::now();
+        for (key, event) in events.drain(..) {
+            handle(fleet, pairs, waiting, registered, key, event, now);
+        }
+        Ok(now)
+    };
     while registered < options.watchers || !pairs.all_active() {
         deadline("setup")?;
         pairs.connect_more(&mut fleet)?;
-        fleet.turn(Duration::from_millis(10), &mut events)?;
-        let now = Instant::now();
-        for (key, event) in events.drain(..) {
-            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
-        }
+        pump(&mut fleet, &mut pairs, &mut waiting, &mut registered, Duration::from_millis(10))?;
     }
     let base = options.watchers + 2 * options.pairs;
     // Let the setup's lists settle, with the pairs relaying.
@@ -164,11 +174,7 @@ pub fn run(target: &Target, options: &ChurnOptions) -> io::Result<ChurnReport> {
     pairs.start(&mut fleet, warm, Duration::from_millis(300), options.timeout, None);
     while warm.elapsed() < Duration::from_millis(300) || !waiting.converged(watchers.iter().copied(), base) {
         deadline("settling")?;
-        fleet.turn(Duration::from_millis(5), &mut events)?;
-        let now = Instant::now();
-        for (key, event) in events.drain(..) {
-            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
-        }
+        pump(&mut fleet, &mut pairs, &mut waiting, &mut registered, Duration::from_millis(5))?;
     }
 
     // Steady churn: one join every 1/rate s; past the population, the oldest churner leaves.
@@ -192,11 +198,7 @@ pub fn run(target: &Target, options: &ChurnOptions) -> io::Result<ChurnReport> {
             }
             next_join += interval;
         }
-        fleet.turn(Duration::from_millis(2), &mut events)?;
-        let now = Instant::now();
-        for (key, event) in events.drain(..) {
-            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
-        }
+        pump(&mut fleet, &mut pairs, &mut waiting, &mut registered, Duration::from_millis(2))?;
     }
     let churn_seconds = churn_started.elapsed().as_secs_f64();
     let last_left = Instant::now();
@@ -207,11 +209,7 @@ pub fn run(target: &Target, options: &ChurnOptions) -> io::Result<ChurnReport> {
     }
     let churn_done = loop {
         deadline("steady churn convergence")?;
-        fleet.turn(Duration::from_millis(5), &mut events)?;
-        let now = Instant::now();
-        for (key, event) in events.drain(..) {
-            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
-        }
+        let now = pump(&mut fleet, &mut pairs, &mut waiting, &mut registered, Duration::from_millis(5))?;
         if waiting.converged(watchers.iter().copied(), base) {
             break now;
         }
@@ -239,11 +237,7 @@ pub fn run(target: &Target, options: &ChurnOptions) -> io::Result<ChurnReport> {
         {
             burst.push(fleet.connect()?);
         }
-        fleet.turn(Duration::from_millis(5), &mut events)?;
-        let now = Instant::now();
-        for (key, event) in events.drain(..) {
-            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
-        }
+        let now = pump(&mut fleet, &mut pairs, &mut waiting, &mut registered, Duration::from_millis(5))?;
         if burst.len() == options.burst && waiting.converged(watchers.iter().chain(&burst).copied(), expected)
         {
             break now;
@@ -264,11 +258,7 @@ pub fn run(target: &Target, options: &ChurnOptions) -> io::Result<ChurnReport> {
     }
     let leave_done = loop {
         deadline("leave convergence")?;
-        fleet.turn(Duration::from_millis(5), &mut events)?;
-        let now = Instant::now();
-        for (key, event) in events.drain(..) {
-            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
-        }
+        let now = pump(&mut fleet, &mut pairs, &mut waiting, &mut registered, Duration::from_millis(5))?;
         if waiting.converged(watchers.iter().copied(), base) {
             break now;
         }
@@ -281,11 +271,7 @@ pub fn run(target: &Target, options: &ChurnOptions) -> io::Result<ChurnReport> {
     pairs.stop_sending();
     let drain = Instant::now();
     while pairs.in_flight() > 0 && drain.elapsed() < Duration::from_secs(3) {
-        fleet.turn(Duration::from_millis(5), &mut events)?;
-        let now = Instant::now();
-        for (key, event) in events.drain(..) {
-            handle(&mut fleet, &mut pairs, &mut waiting, &mut registered, key, event, now);
-        }
+        pump(&mut fleet, &mut pairs, &mut waiting, &mut registered, Duration::from_millis(5))?;
     }
     Ok(ChurnReport {
         watchers: options.watchers,

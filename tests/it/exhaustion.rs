@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use simd_json::prelude::*;
 
-use crate::harness::{Client, PATIENCE, Pair};
+use crate::harness::{Client, PATIENCE, Pair, listening_address};
 
 /// The server's open-files limit in this test (soft and hard).
 const NOFILE: usize = 64;
@@ -61,15 +61,7 @@ impl LimitedServer {
                 sink.lock().expect("log lock").push(line);
             }
         });
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout is piped");
-        BufReader::new(stdout).read_line(&mut line).expect("server prints its address");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("a socket address");
+        let addr = listening_address(&mut child);
         LimitedServer { child, addr, log }
     }
 
