@@ -4,15 +4,16 @@
 //! Run with `cargo bench --bench codec`.
 
 use std::hint::black_box;
-use std::io::{self, Cursor, Read, Write};
-use std::time::Duration;
+use std::io::{self, Write};
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use signaling_server::config::Config;
 use signaling_server::protocol::{Command, CommandKind, Parser, Relay, encode};
-use tungstenite::Message;
+use signaling_server::transport::UpgradePolicy;
+use signaling_server::transport::connection::{Connection, Event, Settings, Sink, Wire};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 const SESSION_ID: &str = "9f86d081884c7d65";
 
@@ -259,27 +260,6 @@ fn typical_message() -> Vec<u8> {
     out
 }
 
-/// A server-side stream over bytes in memory: reads from a cursor, discards writes.
-struct MemoryStream {
-    input: Cursor<Vec<u8>>,
-}
-
-impl Read for MemoryStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.input.read(buf)
-    }
-}
-
-impl Write for MemoryStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Appends one masked client text frame carrying `payload`.
 fn push_masked_frame(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
     let header = FrameHeader { opcode: OpCode::Data(Data::Text), mask: Some(mask), ..FrameHeader::default() };
@@ -289,22 +269,58 @@ fn push_masked_frame(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
 
 const FRAMES_PER_BATCH: usize = 1000;
 
-/// WebSocket framing of a typical message: the server's output path (header + payload into
-/// the connection's buffer) and its input path (tungstenite reading masked client frames).
+const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+const POLICY: UpgradePolicy<'static> =
+    UpgradePolicy { allowed_origins: &[], auth_secret: None, echo_path: None, now_unix: 0 };
+
+/// A socket that takes everything and keeps nothing.
+struct Discard;
+
+impl Write for Discard {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        Ok(bufs.iter().map(|buf| buf.len()).sum())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink for Discard {
+    fn shutdown_write(&mut self) {}
+}
+
+/// The server's connection machine, upgraded and with its 101 written out. Rate limiting
+/// off, as in the load-test runs.
+fn open_connection(now: Instant) -> (Connection, Settings) {
+    let config = Config { rate_limit: 0.0, ..Config::default() };
+    let settings = Settings::new(&config, Duration::from_secs(1));
+    let mut conn = Connection::new(now, Wire::Plain, &settings, Duration::from_secs(2));
+    let mut fresh = UPGRADE;
+    assert!(matches!(conn.poll_event(&mut fresh, now, &settings, &POLICY), Some(Event::Opened { .. })));
+    conn.write_to(&mut Discard, now, &settings).unwrap_or_else(|e| panic!("write: {e}"));
+    (conn, settings)
+}
+
+/// WebSocket framing of a typical message through the server's own connection machine:
+/// the output path (a frame into the connection's output, then written to the socket) and
+/// the input path (masked client frames in, messages for the core out).
 fn framing(c: &mut Criterion) {
     let message = typical_message();
     let mut group = c.benchmark_group("ws_frame");
+    let now = Instant::now();
 
-    let mut buf = Vec::with_capacity(1024);
+    let (mut conn, settings) = open_connection(now);
     group.throughput(Throughput::Bytes(message.len() as u64));
     group.bench_function("encode_server_text", |b| {
         b.iter(|| {
-            buf.clear();
-            let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
-            let payload = black_box(&message[..]);
-            let _ = header.format(payload.len() as u64, &mut buf);
-            buf.extend_from_slice(payload);
-            black_box(&buf);
+            conn.queue_message(black_box(&message), now, &settings);
+            black_box(conn.write_to(&mut Discard, now, &settings).ok());
         })
     });
 
@@ -313,39 +329,28 @@ fn framing(c: &mut Criterion) {
         let mask = (index as u32).wrapping_mul(0x9e37_79b9).to_le_bytes();
         push_masked_frame(&mut batch, &message, mask);
     }
-    // The server's configuration (transport/event_loop.rs).
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_message_size(Some(64 << 10))
-        .max_frame_size(Some(64 << 10));
-    let mut ws = WebSocketContext::new(Role::Server, Some(config));
-    let mut stream = MemoryStream { input: Cursor::new(batch) };
-    let read_batch = |ws: &mut WebSocketContext, stream: &mut MemoryStream| {
-        stream.input.set_position(0);
-        for _ in 0..FRAMES_PER_BATCH {
-            match ws.read(stream) {
-                Ok(Message::Text(text)) => {
-                    black_box(text);
+    let (mut conn, settings) = open_connection(now);
+    let mut read_batch = |check: bool| {
+        let mut fresh = &batch[..];
+        let mut messages = 0;
+        while let Some(event) = conn.poll_event(&mut fresh, now, &settings, &POLICY) {
+            match event {
+                Event::Message(bytes) if check => assert_eq!(&bytes[..], &message[..]),
+                Event::Message(bytes) => {
+                    black_box(bytes);
                 }
-                other => panic!("expected a text message, got {other:?}"),
+                other => panic!("expected a message, got {other:?}"),
             }
+            messages += 1;
         }
+        assert!(fresh.is_empty() && messages == FRAMES_PER_BATCH, "{messages} messages");
     };
-    // Once outside the measurement: every frame decodes to the message, and the context is
+    // Once outside the measurement: every frame decodes to the message, and the machine is
     // left between frames, ready for the next batch.
-    stream.input.set_position(0);
-    for _ in 0..FRAMES_PER_BATCH {
-        match ws.read(&mut stream) {
-            Ok(Message::Text(text)) => assert_eq!(text.as_bytes(), &message[..]),
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-    assert_eq!(stream.input.position() as usize, stream.input.get_ref().len());
-    read_batch(&mut ws, &mut stream);
+    read_batch(true);
 
     group.throughput(Throughput::Elements(FRAMES_PER_BATCH as u64));
-    group.bench_function("decode_client_text_x1000", |b| b.iter(|| read_batch(&mut ws, &mut stream)));
+    group.bench_function("decode_client_text_x1000", |b| b.iter(|| read_batch(false)));
     group.finish();
 }
 

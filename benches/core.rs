@@ -8,7 +8,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use signaling_server::signaling::{ClientListPacing, ConnId, Delivery, MemoryOutbox, Outbox, Signaling};
+use signaling_server::signaling::{
+    ClientListPacing, ConnId, Delivery, ListDelivery, MemoryOutbox, Outbox, Signaling,
+};
 
 /// Counts what the core hands out and stores nothing, so the benches measure the core and
 /// not a recorder.
@@ -29,10 +31,10 @@ impl Outbox for CountingOutbox {
         Delivery::Queued
     }
 
-    fn send_client_list(&mut self, _to: ConnId, list: &Rc<[u8]>) -> bool {
+    fn send_client_list(&mut self, _to: ConnId, list: &Rc<[u8]>) -> ListDelivery {
         self.lists += 1;
         self.list_bytes += list.len() as u64;
-        true
+        ListDelivery::Queued
     }
 }
 

@@ -12,6 +12,9 @@ pub struct Config {
     pub ping_interval: Duration,
     pub max_message: usize,
     pub max_output: usize,
+    /// Held output (client lists included) tolerated for `max_output_soft_for`.
+    pub max_output_soft: usize,
+    pub max_output_soft_for: Duration,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub max_request_head: usize,
@@ -40,6 +43,8 @@ impl Default for Config {
             ping_interval: Duration::from_secs(3),
             max_message: 64 << 10,
             max_output: 256 << 10,
+            max_output_soft: 64 << 10,
+            max_output_soft_for: Duration::from_secs(10),
             max_connections: 10_000,
             handshake_timeout: Duration::from_secs(10),
             max_request_head: 8 << 10,
@@ -89,6 +94,11 @@ OPTIONS:
                                read); past it the connection is closed with 1008. Client
                                lists are not counted: each client has at most one unsent.
                                Must be at least max-message + 1024. [default: 262144]
+    --max-output-soft BYTES    Soft output limit: a connection holding more than this unsent,
+                               client lists included, for --max-output-soft-seconds in a row
+                               is closed with 1008 however fast it reads. [default: 65536]
+    --max-output-soft-seconds SECONDS
+                               How long output may stay over the soft limit. [default: 10]
     --max-connections N        Open connections, handshakes included; past it new
                                connections are closed at once. [default: 10000]
     --handshake-timeout SECONDS
@@ -152,6 +162,10 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
             Long("ping-interval") => config.ping_interval = seconds(&mut parser, "--ping-interval")?,
             Long("max-message") => config.max_message = positive(&mut parser, "--max-message")?,
             Long("max-output") => config.max_output = positive(&mut parser, "--max-output")?,
+            Long("max-output-soft") => config.max_output_soft = positive(&mut parser, "--max-output-soft")?,
+            Long("max-output-soft-seconds") => {
+                config.max_output_soft_for = seconds(&mut parser, "--max-output-soft-seconds")?
+            }
             Long("max-connections") => config.max_connections = positive(&mut parser, "--max-connections")?,
             Long("handshake-timeout") => {
                 config.handshake_timeout = seconds(&mut parser, "--handshake-timeout")?

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use signaling_server::config::{self, Action, Config};
-use signaling_server::transport::Server;
+use signaling_server::transport::{Server, ServerHandle};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -41,6 +41,10 @@ fn main() -> ExitCode {
     let _ = writeln!(stdout, "listening on {}", server.local_addr());
     let _ = stdout.flush();
     drop(stdout);
+    if let Err(e) = forward_signals(server.handle()) {
+        eprintln!("signaling-server: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -48,4 +52,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// SIGINT and SIGTERM shut the server down. A thread of its own waits for them (off the hot
+/// path: it sleeps until a signal comes) and wakes the loop through its handle, so the loop
+/// itself knows nothing of signals and runs the same in-process in tests.
+fn forward_signals(handle: ServerHandle) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            match signal {
+                SIGINT | SIGTERM => handle.shutdown(),
+                _ => {}
+            }
+        }
+    })?;
+    Ok(())
 }

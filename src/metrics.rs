@@ -20,6 +20,8 @@ pub enum CloseReason {
     LivenessTimeout,
     MessageTooBig,
     OutputLimit,
+    /// Held output (client lists included) stayed over `--max-output-soft` too long.
+    OutputSoftLimit,
     ProtocolError,
     InvalidUtf8,
     /// Kept flooding past the rate limit.
@@ -31,12 +33,13 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 11] = [
+    const ALL: [CloseReason; 12] = [
         CloseReason::ClientClose,
         CloseReason::ConnectionLost,
         CloseReason::LivenessTimeout,
         CloseReason::MessageTooBig,
         CloseReason::OutputLimit,
+        CloseReason::OutputSoftLimit,
         CloseReason::ProtocolError,
         CloseReason::InvalidUtf8,
         CloseReason::RateLimit,
@@ -52,6 +55,7 @@ impl CloseReason {
             CloseReason::LivenessTimeout => "liveness_timeout",
             CloseReason::MessageTooBig => "message_too_big",
             CloseReason::OutputLimit => "output_limit",
+            CloseReason::OutputSoftLimit => "output_soft_limit",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::InvalidUtf8 => "invalid_utf8",
             CloseReason::RateLimit => "rate_limit",

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use signaling_server::signaling::{ClientListPacing, ConnId, Delivery, Outbox, Signaling};
+use signaling_server::signaling::{ClientListPacing, ConnId, Delivery, ListDelivery, Outbox, Signaling};
 use simd_json::OwnedValue as Json;
 use simd_json::prelude::*;
 
@@ -511,15 +511,15 @@ struct Recorder {
 impl Outbox for Recorder {
     fn send(&mut self, to: ConnId, message: &[u8]) -> Delivery {
         self.sent.push(Sent { to, text: message.to_vec(), list: false });
-        if self.closing.contains(&to) { Delivery::Closing } else { Delivery::Queued }
+        if self.closing.contains(&to) { Delivery::Gone } else { Delivery::Queued }
     }
 
-    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> bool {
+    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> ListDelivery {
         if self.unsent.contains(&to) {
-            return false;
+            return ListDelivery::Busy;
         }
         self.sent.push(Sent { to, text: list.to_vec(), list: true });
-        true
+        ListDelivery::Queued
     }
 }
 

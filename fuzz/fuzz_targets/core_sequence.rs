@@ -25,7 +25,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use signaling_server::protocol::ErrorCode;
-use signaling_server::signaling::{ClientListPacing, ConnId, Delivery, Outbox, Signaling};
+use signaling_server::signaling::{ClientListPacing, ConnId, Delivery, ListDelivery, Outbox, Signaling};
 
 const SLOTS: usize = 4;
 /// Polls in a row that may each return "again now" before we call it a livelock. A round
@@ -278,20 +278,21 @@ struct RawOutbox {
 impl Outbox for RawOutbox {
     fn send(&mut self, to: ConnId, message: &[u8]) -> Delivery {
         if self.closing.contains(&to) {
-            return Delivery::Closing;
+            return Delivery::Gone;
         }
         self.sent.push((to, message.to_vec()));
         Delivery::Queued
     }
 
-    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> bool {
+    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> ListDelivery {
+        if self.closing.contains(&to) {
+            return ListDelivery::Gone;
+        }
         if self.list_unsent.contains(&to) {
-            return false;
+            return ListDelivery::Busy;
         }
-        if !self.closing.contains(&to) {
-            self.sent.push((to, list.to_vec()));
-        }
-        true
+        self.sent.push((to, list.to_vec()));
+        ListDelivery::Queued
     }
 }
 

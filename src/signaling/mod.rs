@@ -31,7 +31,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 pub use client_list::ClientListPacing;
-pub use outbox::{ConnId, Delivery, MemoryOutbox, Outbox};
+pub use outbox::{ConnId, Delivery, ListDelivery, MemoryOutbox, Outbox};
 pub use sessions::{SessionState, format_session_id, parse_session_id};
 
 use crate::protocol::{Command, CommandKind, ErrorCode, Parser, Relay, encode};
@@ -297,7 +297,7 @@ impl Signaling {
 
         self.scratch.clear();
         encode::relayed(&mut self.scratch, action, session_id, &sender.sid_json, payload);
-        if out.send(opponent, &self.scratch) == Delivery::Closing {
+        if out.send(opponent, &self.scratch) != Delivery::Queued {
             self.send_error(from, ErrorCode::OpponentGone, out);
             self.close_session(key, members, now, out);
             return Ok(());
@@ -426,14 +426,17 @@ impl Signaling {
                 return ControlFlow::Break(());
             }
             if client.session.is_none() && client.list_seen < *version {
-                if out.send_client_list(conn, encoded) {
-                    client.list_seen = *version;
-                    round.bytes += encoded.len() as u64;
-                    *lists_sent += 1;
-                    *bytes_sent += encoded.len() as u64;
-                    budget = budget.saturating_sub(encoded.len());
-                } else {
-                    round.skipped = true;
+                match out.send_client_list(conn, encoded) {
+                    ListDelivery::Queued => {
+                        client.list_seen = *version;
+                        round.bytes += encoded.len() as u64;
+                        *lists_sent += 1;
+                        *bytes_sent += encoded.len() as u64;
+                        budget = budget.saturating_sub(encoded.len());
+                    }
+                    ListDelivery::Busy => round.skipped = true,
+                    // On its way out: its departure will change the list anyway.
+                    ListDelivery::Gone => {}
                 }
             }
             ControlFlow::Continue(())

@@ -26,13 +26,29 @@ impl ConnId {
     }
 }
 
-/// Whether a message was accepted for delivery.
+/// What became of a message handed to the outbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
     Queued,
-    /// The connection is already closing (its close has been decided but not yet reported to
-    /// the core with `disconnect`); nothing more will reach it.
-    Closing,
+    /// Not queued: the recipient had too much unsent output, and is being closed for it
+    /// (the core hears of it through `disconnect` once the current command is done).
+    ClosedOverLimit,
+    /// Not queued, and the recipient left as it is: it has too much unsent output for a
+    /// message that promises no delivery (see [`Outbox::offer`]).
+    Dropped,
+    /// Not queued: the recipient is already closing or gone.
+    Gone,
+}
+
+/// What became of a client list handed to the outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListDelivery {
+    Queued,
+    /// Not queued: a list sent earlier is still partly unwritten there; offer the newest
+    /// one again later.
+    Busy,
+    /// Not queued: the recipient is closing or gone.
+    Gone,
 }
 
 /// Where the core's messages go. Each message is one complete JSON text.
@@ -47,10 +63,10 @@ pub trait Outbox {
     }
 
     /// Queues the current client list for `to`, unless a list sent earlier is still waiting
-    /// to be written there: then it returns `false` and the core offers the newest list
-    /// again later. That keeps at most one unsent `clu` per client. The list is shared:
-    /// keep a clone of the `Rc`, not a copy of the bytes.
-    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> bool;
+    /// to be written there ([`ListDelivery::Busy`]: the core offers the newest list again
+    /// later). That keeps at most one unsent `clu` per client. The list is shared: keep a
+    /// clone of the `Rc`, not a copy of the bytes.
+    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> ListDelivery;
 }
 
 /// An [`Outbox`] that keeps everything in memory: for tests and benches.
@@ -58,7 +74,7 @@ pub trait Outbox {
 pub struct MemoryOutbox {
     /// Every message queued, in order, as text.
     pub sent: Vec<(ConnId, String)>,
-    /// Connections that answer [`Delivery::Closing`].
+    /// Connections that answer [`Delivery::Gone`].
     pub closing: HashSet<ConnId>,
     /// Connections whose last client list is "still unsent": `send_client_list` refuses.
     pub list_unsent: HashSet<ConnId>,
@@ -83,20 +99,21 @@ impl MemoryOutbox {
 impl Outbox for MemoryOutbox {
     fn send(&mut self, to: ConnId, message: &[u8]) -> Delivery {
         if self.closing.contains(&to) {
-            return Delivery::Closing;
+            return Delivery::Gone;
         }
         self.sent.push((to, String::from_utf8_lossy(message).into_owned()));
         Delivery::Queued
     }
 
-    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> bool {
+    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> ListDelivery {
+        if self.closing.contains(&to) {
+            return ListDelivery::Gone;
+        }
         if self.list_unsent.contains(&to) {
-            return false;
+            return ListDelivery::Busy;
         }
-        if !self.closing.contains(&to) {
-            self.sent.push((to, String::from_utf8_lossy(list).into_owned()));
-            *self.lists_given.entry(to).or_default() += 1;
-        }
-        true
+        self.sent.push((to, String::from_utf8_lossy(list).into_owned()));
+        *self.lists_given.entry(to).or_default() += 1;
+        ListDelivery::Queued
     }
 }

@@ -1,70 +1,71 @@
-//! The slab of connections, and the [`Outbox`] the core writes into.
+//! The slab of connections, the one place they are closed, and the [`Outbox`] the core
+//! writes into.
 //!
 //! Sending only appends a frame to the recipient's output and marks it dirty; the loop
-//! writes every dirty connection once, at the end of the turn. Closes decided while the
-//! core is mid-command (an output cap passed) are queued as *dooms* and carried out after
-//! the command returns, so no slot is freed or reused while the core may still address it.
+//! writes every dirty connection once, at the end of the turn. Every close goes through
+//! [`Connections::close`]: it moves the machine on and, when the connection leaves `Open`,
+//! records a departure. The loop hands departures to the core's *leave* procedure after
+//! every core call (the core cannot be re-entered while it is mid-command, which is when
+//! an output limit is usually passed), so no path can end a client and forget its leave.
 
+use std::io::{self, Read};
+use std::net::{IpAddr, Shutdown};
 use std::rc::Rc;
+use std::time::Instant;
 
+use mio::Interest;
+use mio::net::TcpStream;
 use slab::Slab;
-use tungstenite::protocol::frame::coding::CloseCode;
 
-use super::connection::{Connection, Phase};
-use crate::metrics::CloseReason;
-use crate::signaling::{ConnId, Delivery, Outbox};
+use super::connection::{Close, Connection, Departure, Event, ListQueued, Queued, Settings, Sink};
+use super::http::UpgradePolicy;
+use crate::metrics::Metrics;
+use crate::signaling::{ConnId, Delivery, ListDelivery, Outbox};
 
-/// Bytes a frame header adds at most.
-const FRAME_OVERHEAD: usize = 14;
-
-/// Why and how a connection ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Doom {
-    /// Gone without a close handshake: reset, EOF, liveness timeout, write error.
-    Drop(CloseReason),
-    /// We close it with the reason's close code; the peer's reply is awaited briefly.
-    Close(CloseReason),
-    /// The peer sent a close frame; tungstenite has queued the reply.
-    PeerClosed,
+/// One accepted socket: the machine, and the loop's bookkeeping around it.
+pub struct Slot {
+    pub socket: TcpStream,
+    pub peer: IpAddr,
+    pub generation: u32,
+    pub machine: Connection,
+    /// The interest currently registered with the poll.
+    pub interest: Interest,
+    /// Already on the dirty list of this turn.
+    pub flush_queued: bool,
+    /// Already on the list of connections with more to read next turn.
+    pub read_queued: bool,
+    /// The poll reported the peer's end (FIN or error): read to the end of file.
+    pub hung_up: bool,
 }
 
-impl Doom {
-    pub fn reason(self) -> CloseReason {
-        match self {
-            Doom::Drop(reason) | Doom::Close(reason) => reason,
-            Doom::PeerClosed => CloseReason::ClientClose,
-        }
-    }
-}
-
-/// The close frame the server sends for a reason it closes a connection for.
-pub fn close_frame(reason: CloseReason) -> (CloseCode, &'static str) {
-    match reason {
-        CloseReason::MessageTooBig => (CloseCode::Size, "message too big"),
-        CloseReason::OutputLimit => (CloseCode::Policy, "output limit exceeded: not reading"),
-        CloseReason::RateLimit => (CloseCode::Policy, "rate limit exceeded, repeatedly"),
-        CloseReason::InvalidUtf8 => (CloseCode::Invalid, "invalid UTF-8 in a text message"),
-        CloseReason::Shutdown => (CloseCode::Away, "server shutting down"),
-        _ => (CloseCode::Protocol, "WebSocket protocol violation"),
+impl Sink for TcpStream {
+    fn shutdown_write(&mut self) {
+        let _ = self.shutdown(Shutdown::Write);
     }
 }
 
 pub struct Connections {
-    pub slab: Slab<Connection>,
+    pub slab: Slab<Slot>,
+    pub settings: Settings,
     /// Connections with output to write at the end of this turn.
     pub dirty: Vec<ConnId>,
-    pub doomed: Vec<(ConnId, Doom)>,
-    pub max_output: usize,
+    /// Connections that left `Open` and whose *leave* the core has not yet run.
+    pub departed: Vec<ConnId>,
+    pub metrics: Metrics,
+    /// The time of the current loop turn (the core's `Outbox` calls carry none).
+    pub now: Instant,
     next_generation: u32,
 }
 
 impl Connections {
-    pub fn new(max_output: usize) -> Self {
+    pub fn new(settings: Settings, now: Instant) -> Self {
         Connections {
             slab: Slab::new(),
+            settings,
             dirty: Vec::new(),
-            doomed: Vec::new(),
-            max_output,
+            departed: Vec::new(),
+            metrics: Metrics::default(),
+            now,
             next_generation: 0,
         }
     }
@@ -75,69 +76,140 @@ impl Connections {
     }
 
     pub fn id_of(&self, key: usize) -> Option<ConnId> {
-        let conn = self.slab.get(key)?;
-        Some(ConnId::new(key as u32, conn.generation))
+        let slot = self.slab.get(key)?;
+        Some(ConnId::new(key as u32, slot.generation))
     }
 
-    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
-        self.slab.get_mut(id.index()).filter(|conn| conn.generation == id.generation())
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Slot> {
+        self.slab.get_mut(id.index()).filter(|slot| slot.generation == id.generation())
     }
 
+    pub fn ids(&self) -> Vec<ConnId> {
+        self.slab.iter().map(|(key, slot)| ConnId::new(key as u32, slot.generation)).collect()
+    }
+
+    /// Puts `id` on this turn's write list if its machine has something to write.
     pub fn queue_flush(&mut self, id: ConnId) {
-        if let Some(conn) = self.get_mut(id)
-            && !conn.flush_queued
+        if let Some(slot) = self.get_mut(id)
+            && !slot.flush_queued
+            && slot.machine.wants_write()
         {
-            conn.flush_queued = true;
+            slot.flush_queued = true;
             self.dirty.push(id);
         }
     }
 
-    /// Decides that `id` ends; the loop carries it out after the current core call.
-    pub fn doom(&mut self, id: ConnId, doom: Doom) {
-        if let Some(conn) = self.get_mut(id)
-            && !conn.doomed
-        {
-            conn.doomed = true;
-            self.doomed.push((id, doom));
+    /// The one way a connection ends.
+    pub fn close(&mut self, id: ConnId, how: Close) {
+        let now = self.now;
+        let Some(slot) = self.slab.get_mut(id.index()).filter(|slot| slot.generation == id.generation())
+        else {
+            return;
+        };
+        if slot.machine.is_ending() {
+            return;
+        }
+        log::debug!("closing {}: {how:?}", id.index());
+        self.metrics.closed(how.reason());
+        if slot.machine.close(how, now, &self.settings) == Departure::Left {
+            self.departed.push(id);
+        }
+        self.queue_flush(id);
+    }
+
+    /// Feeds `fresh` to `id`'s machine: its next event.
+    pub fn poll_event(&mut self, id: ConnId, fresh: &mut &[u8], policy: &UpgradePolicy<'_>) -> Option<Event> {
+        let now = self.now;
+        let slot = self.slab.get_mut(id.index()).filter(|slot| slot.generation == id.generation())?;
+        slot.machine.poll_event(fresh, now, &self.settings, policy)
+    }
+
+    /// Runs `id`'s timed rules.
+    pub fn handle_timeout(&mut self, id: ConnId) {
+        let now = self.now;
+        let Some(slot) = self.slab.get_mut(id.index()).filter(|slot| slot.generation == id.generation())
+        else {
+            return;
+        };
+        if let Some(how) = slot.machine.handle_timeout(now, &self.settings) {
+            self.close(id, how);
+        }
+        self.queue_flush(id);
+    }
+
+    /// Reads `id`'s socket once into `inbox`: the bytes read, 0 at end of file.
+    pub fn read_socket(&mut self, id: ConnId, inbox: &mut [u8]) -> io::Result<usize> {
+        let slot = self.get_mut(id).ok_or(io::ErrorKind::NotFound)?;
+        loop {
+            match slot.socket.read(inbox) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                result => return result,
+            }
         }
     }
 
-    /// An open connection that is not on its way out.
-    fn live(&mut self, id: ConnId) -> Option<&mut Connection> {
-        self.get_mut(id).filter(|conn| !conn.doomed && matches!(conn.phase, Phase::Open { .. }))
+    /// Writes `id`'s output. `Ok(None)`: it is gone.
+    pub fn write_socket(&mut self, id: ConnId) -> io::Result<Option<super::connection::Flush>> {
+        let now = self.now;
+        let Some(slot) = self.slab.get_mut(id.index()).filter(|slot| slot.generation == id.generation())
+        else {
+            return Ok(None);
+        };
+        slot.flush_queued = false;
+        let (flush, sent) = slot.machine.write_to(&mut slot.socket, now, &self.settings)?;
+        self.metrics.bytes_sent += sent as u64;
+        Ok(Some(flush))
     }
 }
 
 impl Outbox for Connections {
     fn send(&mut self, to: ConnId, message: &[u8]) -> Delivery {
-        let cap = self.max_output;
-        let Some(conn) = self.live(to) else { return Delivery::Closing };
-        if conn.out.unsent_counted() + message.len() + FRAME_OVERHEAD > cap {
-            self.doom(to, Doom::Close(CloseReason::OutputLimit));
-            return Delivery::Closing;
+        let now = self.now;
+        let Some(slot) = self.slab.get_mut(to.index()).filter(|slot| slot.generation == to.generation())
+        else {
+            return Delivery::Gone;
+        };
+        match slot.machine.queue_message(message, now, &self.settings) {
+            Queued::Yes => {
+                self.queue_flush(to);
+                Delivery::Queued
+            }
+            Queued::OverLimit => {
+                self.close(to, Close::Frame(crate::metrics::CloseReason::OutputLimit));
+                Delivery::ClosedOverLimit
+            }
+            Queued::NotOpen => Delivery::Gone,
         }
-        conn.out.push_text(message);
-        self.queue_flush(to);
-        Delivery::Queued
     }
 
     fn offer(&mut self, to: ConnId, message: &[u8]) -> Delivery {
-        let cap = self.max_output;
-        match self.live(to) {
-            Some(conn) if conn.out.unsent_counted() + message.len() + FRAME_OVERHEAD > cap => {
-                Delivery::Closing
-            }
-            Some(_) => self.send(to, message),
-            None => Delivery::Closing,
-        }
+        let full = self
+            .slab
+            .get(to.index())
+            .filter(|slot| slot.generation == to.generation() && slot.machine.is_open())
+            .is_some_and(|slot| !slot.machine.fits(message.len(), &self.settings));
+        if full { Delivery::Dropped } else { self.send(to, message) }
     }
 
-    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> bool {
-        let Some(conn) = self.live(to) else { return true };
-        let queued = conn.out.push_list(list);
-        if queued {
-            self.queue_flush(to);
+    fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> ListDelivery {
+        let now = self.now;
+        let Some(slot) = self.slab.get_mut(to.index()).filter(|slot| slot.generation == to.generation())
+        else {
+            return ListDelivery::Gone;
+        };
+        match slot.machine.queue_list(list, now, &self.settings) {
+            ListQueued::Yes => {
+                self.queue_flush(to);
+                ListDelivery::Queued
+            }
+            ListQueued::Busy => ListDelivery::Busy,
+            ListQueued::NotOpen => ListDelivery::Gone,
         }
-        queued
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slot({}, gen {})", self.peer, self.generation)
     }
 }

@@ -74,6 +74,7 @@ pub const METHOD_NOT_ALLOWED: &[u8] = b"HTTP/1.1 405 Method Not Allowed\r\nAllow
 pub const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n";
 pub const UPGRADE_REQUIRED: &[u8] = b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nContent-Type: text/plain\r\nContent-Length: 36\r\nConnection: close\r\n\r\nonly WebSocket version 13 is spoken\n";
 pub const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 26\r\nConnection: close\r\n\r\nrequest head is too large\n";
+pub const HTTP_VERSION_NOT_SUPPORTED: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nContent-Length: 37\r\nConnection: close\r\n\r\nWebSocket upgrades require HTTP/1.1+\n";
 pub const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 28\r\nConnection: close\r\n\r\ntoo many connections, retry\n";
 
 /// What an upgrade must satisfy, from the configuration.
@@ -118,6 +119,11 @@ pub fn read_head(buf: &[u8], buf_is_full: bool, policy: &UpgradePolicy<'_>) -> H
     };
     if !has_token("upgrade", "websocket") {
         return route(request.method, request.path);
+    }
+    // RFC 6455 section 4.1: the opening handshake is an HTTP/1.1 (or later) request. An
+    // HTTP/1.0 client could not take a 101 either.
+    if request.version != Some(1) {
+        return Head::Respond(HTTP_VERSION_NOT_SUPPORTED);
     }
     if request.method != Some("GET") || !has_token("connection", "upgrade") {
         return Head::Respond(BAD_REQUEST);
@@ -293,6 +299,10 @@ mod tests {
         assert_eq!(read_head(no_key.as_bytes(), false, &OPEN), Head::Respond(BAD_REQUEST));
         let no_conn = UPGRADE.replace("keep-alive, Upgrade", "keep-alive");
         assert_eq!(read_head(no_conn.as_bytes(), false, &OPEN), Head::Respond(BAD_REQUEST));
+        let http10 = UPGRADE.replace("HTTP/1.1", "HTTP/1.0");
+        assert_eq!(read_head(http10.as_bytes(), false, &OPEN), Head::Respond(HTTP_VERSION_NOT_SUPPORTED));
+        // Plain pages are still served to HTTP/1.0 clients (probes, old tools).
+        assert!(matches!(read_head(b"GET /healthz HTTP/1.0\r\n\r\n", false, &OPEN), Head::Page { .. }));
     }
 
     #[test]
@@ -303,6 +313,7 @@ mod tests {
             BAD_REQUEST,
             UPGRADE_REQUIRED,
             HEAD_TOO_LARGE,
+            HTTP_VERSION_NOT_SUPPORTED,
             SERVICE_UNAVAILABLE,
         ] {
             let text = std::str::from_utf8(response).expect("ascii");

@@ -1,21 +1,27 @@
-//! Everything that touches a socket: the mio event loop, the listener, the slab of
-//! connections, the HTTP request head and WebSocket upgrade, framing, bounded write
-//! queues, timers and shutdown.
+//! Everything that touches a socket. The loop is plumbing; what a connection does lives in
+//! its sans-IO machine.
 //!
-//! A connection's life: accepted → `Handshake` (HTTP head, with a deadline) → either an
-//! HTTP response and a close, or `Open` (WebSocket, messages to the core) → `Closing`
-//! (close frame out, reply awaited briefly) → removed. The core hears of it only while it
-//! is `Open`, and gets `disconnect` exactly once when it leaves that phase (never on
-//! server shutdown).
+//! * `server`: the mio poll loop, the listener and the [`ServerHandle`]: readiness in,
+//!   bytes moved between sockets and machines, timers from the machines' rules.
+//! * `connection/`: one connection's life as a state machine (handshake, open, closing,
+//!   closed): bytes and time in; events, output and deadlines out. Its input buffers, its
+//!   bounded output queue, and the wire under it (plain TCP or TLS) are its own files.
+//! * `connections`: the slab, the single close path (which owes the core its *leave*), and
+//!   the [`Outbox`](crate::signaling::Outbox) the core writes into.
+//! * `admission`, `housekeeping`, `http`, `pages`, `rate_limit`: the connection caps, the
+//!   sliced timer sweep, the HTTP request head, the built-in pages, the command rate limit.
 
-mod connection;
+mod admission;
+#[doc(hidden)]
+pub mod connection;
 mod connections;
-mod event_loop;
+mod housekeeping;
 mod http;
-mod output;
+mod pages;
 mod rate_limit;
+mod server;
 
-pub use event_loop::Server;
+pub use server::{Server, ServerHandle};
 
 /// The HTTP request-head parser, public only for the fuzz targets in `fuzz/`; not API.
 #[doc(hidden)]

@@ -365,3 +365,15 @@ fn a_tcp_close_in_the_middle_of_a_frame_runs_leave() {
     server.register("alice");
     others.relay_works();
 }
+
+#[test]
+fn an_http_1_0_upgrade_gets_505_and_a_close_not_a_101() {
+    let server = Server::start();
+    let request = b"GET / HTTP/1.0\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    // http_exchange reads to the end: it returns only because the server closes.
+    let response = http_exchange(&server, request);
+    assert!(response.starts_with("HTTP/1.1 505 "), "{response:?}");
+    // HTTP/1.0 is still fine for the plain pages (probes and old tools send it).
+    let health = http_exchange(&server, b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 200 "), "{health:?}");
+}

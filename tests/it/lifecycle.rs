@@ -442,11 +442,13 @@ fn the_first_line_on_stdout_names_the_bound_address() {
 
 /// The flags and defaults documented in `--help`, as (flag, default) pairs.
 /// Flags whose default is a value that can be passed back.
-const FLAGS: [(&str, &str); 13] = [
+const FLAGS: [(&str, &str); 15] = [
     ("--listen", "0.0.0.0:8080"),
     ("--ping-interval", "3"),
     ("--max-message", "65536"),
     ("--max-output", "262144"),
+    ("--max-output-soft", "65536"),
+    ("--max-output-soft-seconds", "10"),
     ("--max-connections", "10000"),
     ("--handshake-timeout", "10"),
     ("--max-request-head", "8192"),

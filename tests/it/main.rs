@@ -13,6 +13,7 @@ mod exhaustion;
 mod flows;
 mod garbage;
 mod http_endpoints;
+mod in_process;
 mod lifecycle;
 mod limits;
 mod loadtest_smoke;

@@ -56,7 +56,19 @@ impl Output {
         self.segments.is_empty()
     }
 
-    /// Unsent bytes, client lists (and their headers) excluded.
+    /// Bytes held for the socket, client lists included: a list counts in full, since the
+    /// whole shared allocation stays alive for as long as one connection still holds it.
+    /// The soft output limit applies to this.
+    pub fn held(&self) -> usize {
+        let total: usize = self.segments.iter().map(|segment| segment.bytes().len()).sum();
+        match self.segments.front() {
+            Some(Segment::Owned(_)) => total - self.front_written,
+            _ => total,
+        }
+    }
+
+    /// Unsent bytes, client lists (and their headers) excluded. The hard output limit
+    /// applies to this: a list may legitimately be larger than it.
     pub fn unsent_counted(&self) -> usize {
         let mut total = 0;
         for (index, segment) in self.segments.iter().enumerate() {
