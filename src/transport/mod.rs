@@ -20,6 +20,7 @@ mod http;
 mod pages;
 mod rate_limit;
 mod server;
+pub mod tls;
 
 pub use server::{Server, ServerHandle};
 
