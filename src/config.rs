@@ -1,6 +1,7 @@
 //! Every limit and default the server has, and the command line that sets them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::signaling::ClientListPacing;
@@ -34,6 +35,15 @@ pub struct Config {
     /// Upgrades on this path get an echo connection (for RFC 6455 conformance tests).
     pub echo_path: Option<String>,
     pub echo_max_message: usize,
+    /// With both set, the listener speaks only TLS (PEM files; SIGHUP reloads them).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The certificate chain (leaf first) and private key of `--tls-cert` and `--tls-key`.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for Config {
@@ -57,6 +67,7 @@ impl Default for Config {
             auth_secret: None,
             echo_path: None,
             echo_max_message: 16 << 20,
+            tls: None,
         }
     }
 }
@@ -135,6 +146,13 @@ OPTIONS:
                                back instead of signaling: for RFC 6455 conformance tests
                                only. [default: off]
     --echo-max-message BYTES   Largest message on the echo path. [default: 16777216]
+    --tls-cert FILE            Serve TLS (wss:// and https://) instead of plain TCP, with this
+                               PEM certificate chain (leaf first). Needs --tls-key. SIGHUP
+                               reloads both files: new connections get the new pair, open
+                               ones keep theirs; a bad file then keeps the old pair and logs
+                               an error. [default: off]
+    --tls-key FILE             The PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+                               [default: off]
     -h, --help                 Print this help.
     -V, --version              Print the version.
 
@@ -152,6 +170,7 @@ ENVIRONMENT:
 pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Action, String> {
     use lexopt::prelude::*;
     let mut config = Config::default();
+    let (mut tls_cert, mut tls_key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
@@ -205,6 +224,8 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
                 }
                 config.echo_path = Some(path);
             }
+            Long("tls-cert") => tls_cert = Some(value::<String>(&mut parser, "--tls-cert")?.into()),
+            Long("tls-key") => tls_key = Some(value::<String>(&mut parser, "--tls-key")?.into()),
             Long("echo-max-message") => {
                 config.echo_max_message = positive(&mut parser, "--echo-max-message")?
             }
@@ -218,6 +239,12 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
             config.max_message + 1024
         ));
     }
+    config.tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => return Err("--tls-cert needs --tls-key (the certificate's private key)".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert (the certificate chain)".into()),
+    };
     if config.max_request_head < 256 {
         return Err("--max-request-head must be at least 256".into());
     }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use signaling_server::config::{self, Action, Config};
-use signaling_server::transport::{Server, ServerHandle};
+use signaling_server::transport::{Server, ServerHandle, StartError};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -31,7 +31,11 @@ fn main() -> ExitCode {
     let listen = config.listen;
     let server = match Server::bind(config) {
         Ok(server) => server,
-        Err(e) => {
+        Err(StartError::Tls(message)) => {
+            eprintln!("signaling-server: {message}");
+            return ExitCode::from(2);
+        }
+        Err(StartError::Io(e)) => {
             eprintln!("signaling-server: cannot listen on {listen}: {e}");
             return ExitCode::FAILURE;
         }
@@ -54,16 +58,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// SIGINT and SIGTERM shut the server down. A thread of its own waits for them (off the hot
-/// path: it sleeps until a signal comes) and wakes the loop through its handle, so the loop
-/// itself knows nothing of signals and runs the same in-process in tests.
+/// SIGINT and SIGTERM shut the server down; SIGHUP reloads the TLS certificate. A thread of
+/// its own waits for them (off the hot path: it sleeps until a signal comes) and wakes the
+/// loop through its handle, so the loop itself knows nothing of signals and runs the same
+/// in-process in tests.
 fn forward_signals(handle: ServerHandle) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         for signal in signals.forever() {
             match signal {
                 SIGINT | SIGTERM => handle.shutdown(),
+                SIGHUP => handle.reload_tls(),
                 _ => {}
             }
         }

@@ -8,8 +8,9 @@
 //!   bounded output queue, and the wire under it (plain TCP or TLS) are its own files.
 //! * `connections`: the slab, the single close path (which owes the core its *leave*), and
 //!   the [`Outbox`](crate::signaling::Outbox) the core writes into.
-//! * `admission`, `housekeeping`, `http`, `pages`, `rate_limit`: the connection caps, the
-//!   sliced timer sweep, the HTTP request head, the built-in pages, the command rate limit.
+//! * `admission`, `housekeeping`, `http`, `pages`, `rate_limit`, `tls`: the connection
+//!   caps, the sliced timer sweep, the HTTP request head, the built-in pages, the command
+//!   rate limit, and the certificate files behind `--tls-cert`.
 
 mod admission;
 #[doc(hidden)]
@@ -22,7 +23,7 @@ mod rate_limit;
 mod server;
 pub mod tls;
 
-pub use server::{Server, ServerHandle};
+pub use server::{Server, ServerHandle, StartError};
 
 /// The HTTP request-head parser, public only for the fuzz targets in `fuzz/`; not API.
 #[doc(hidden)]

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{info, warn};
+use log::{error, info, warn};
+use rustls::ServerConfig;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -28,7 +29,7 @@ use super::connection::{Close, Connection, Event, Flush, Settings, Wire};
 use super::connections::{Connections, Slot};
 use super::housekeeping::{self, SLICES, Sweep};
 use super::http::{self, UpgradePolicy};
-use super::pages;
+use super::{pages, tls};
 use crate::config::Config;
 use crate::metrics::CloseReason;
 use crate::protocol::ErrorCode;
@@ -61,6 +62,7 @@ pub struct ServerHandle {
 #[derive(Default)]
 struct Requests {
     shutdown: AtomicBool,
+    reload_tls: AtomicBool,
 }
 
 impl ServerHandle {
@@ -69,6 +71,39 @@ impl ServerHandle {
     pub fn shutdown(&self) {
         self.requests.shutdown.store(true, Ordering::SeqCst);
         let _ = self.waker.wake();
+    }
+
+    /// Reads `--tls-cert` and `--tls-key` again: new connections get the new pair, open
+    /// ones keep theirs. A bad file keeps the current pair (and logs an error).
+    pub fn reload_tls(&self) {
+        self.requests.reload_tls.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// `--tls-cert` or `--tls-key` is missing, unreadable or wrong (the message names it).
+    Tls(String),
+    /// The listener could not be set up (address in use, no permission, ...).
+    Io(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Tls(message) => f.write_str(message),
+            StartError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<io::Error> for StartError {
+    fn from(e: io::Error) -> Self {
+        StartError::Io(e)
     }
 }
 
@@ -80,6 +115,8 @@ pub struct Server {
     requests: Arc<Requests>,
     waker: Arc<Waker>,
     config: Config,
+    /// The TLS setup new connections get (`--tls-cert`), replaced on reload.
+    tls: Option<Arc<ServerConfig>>,
     conns: Connections,
     core: Signaling,
     admission: Admission,
@@ -99,7 +136,11 @@ pub struct Server {
 
 impl Server {
     /// Binds the listener. Installs no signal handlers: see [`Server::handle`].
-    pub fn bind(config: Config) -> io::Result<Server> {
+    pub fn bind(config: Config) -> Result<Server, StartError> {
+        let tls = match &config.tls {
+            Some(files) => Some(tls::load_server_config(&files.cert, &files.key).map_err(StartError::Tls)?),
+            None => None,
+        };
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
@@ -113,6 +154,7 @@ impl Server {
             local_addr,
             requests: Arc::default(),
             waker,
+            tls,
             conns: Connections::new(Settings::new(&config, CLOSE_LINGER), now),
             core: Signaling::new(config.client_list),
             admission: Admission::new(config.max_connections, config.max_connections_per_ip),
@@ -133,7 +175,7 @@ impl Server {
     /// built there). For tests and benches; returns once the port is bound.
     pub fn spawn(
         config: Config,
-    ) -> io::Result<(ServerHandle, SocketAddr, std::thread::JoinHandle<io::Result<()>>)> {
+    ) -> Result<(ServerHandle, SocketAddr, std::thread::JoinHandle<io::Result<()>>), StartError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || match Server::bind(config) {
             Ok(server) => {
@@ -141,9 +183,8 @@ impl Server {
                 server.run()
             }
             Err(e) => {
-                let kind = e.kind();
                 let _ = tx.send(Err(e));
-                Err(kind.into())
+                Err(io::Error::other("the server did not start"))
             }
         });
         let (handle, addr) = rx.recv().map_err(|_| io::Error::other("server thread ended early"))??;
@@ -242,8 +283,25 @@ impl Server {
     }
 
     fn on_wake(&mut self, now: Instant) {
+        if self.requests.reload_tls.swap(false, Ordering::SeqCst) {
+            self.reload_tls();
+        }
         if self.requests.shutdown.swap(false, Ordering::SeqCst) && self.shutdown_deadline.is_none() {
             self.begin_shutdown(now);
+        }
+    }
+
+    fn reload_tls(&mut self) {
+        let Some(files) = &self.config.tls else {
+            info!("reload asked for, but no --tls-cert is set: nothing to reload");
+            return;
+        };
+        match tls::load_server_config(&files.cert, &files.key) {
+            Ok(config) => {
+                info!("TLS certificate reloaded from {}", files.cert.display());
+                self.tls = Some(config);
+            }
+            Err(e) => error!("TLS reload failed, still serving the previous certificate: {e}"),
         }
     }
 
@@ -269,6 +327,16 @@ impl Server {
                     return;
                 }
             };
+            let wire = match &self.tls {
+                None => Wire::Plain,
+                Some(config) => match Wire::tls(Arc::clone(config)) {
+                    Ok(wire) => wire,
+                    Err(e) => {
+                        warn!("cannot start TLS for {peer}: {e}");
+                        continue;
+                    }
+                },
+            };
             if !self.admission.admit(peer.ip(), self.conns.slab.len()) {
                 self.conns.metrics.connections_refused += 1;
                 // Best effort: a fresh socket's send buffer takes this small response.
@@ -290,7 +358,7 @@ impl Server {
             // connections does not become a burst of pings every interval after.
             let spread = f64::from(generation % 64) / 128.0;
             let first_ping = self.config.ping_interval.mul_f64(0.5 + spread);
-            let machine = Connection::new(now, Wire::Plain, &self.conns.settings, first_ping);
+            let machine = Connection::new(now, wire, &self.conns.settings, first_ping);
             entry.insert(Slot {
                 socket,
                 peer: peer.ip(),

@@ -13,9 +13,6 @@
 //! should bound each `ServerConnection` with `set_buffer_limit` (rustls's default is 64 KiB
 //! of unsent application data) to match `--max-output`.
 
-// Wired into the listener by the transport; until then only the tests call it.
-#![allow(dead_code)]
-
 use std::path::Path;
 use std::sync::Arc;
 

@@ -244,7 +244,7 @@ impl Connection {
     /// ran out). Complete frames may also wait inside tungstenite's small buffer: a
     /// connection that used up its budget is polled again without new bytes either way.
     pub fn has_unread(&self) -> bool {
-        !self.stash.is_empty() || self.wire.has_plaintext()
+        !self.stash.is_empty()
     }
 
     /// Bytes held for this connection: output (client lists included) and unread input.
