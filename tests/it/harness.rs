@@ -30,11 +30,17 @@ impl Server {
     /// Starts the binary with `--listen 127.0.0.1:0` and `args`, and waits for the
     /// `listening on ADDR` line (no sleeps: the line is printed once the port is bound).
     pub fn start_with(args: &[&str]) -> Server {
+        Server::start_with_stderr(args, Stdio::inherit())
+    }
+
+    /// Like [`Server::start_with`], with the server's standard error (its log) sent to
+    /// `stderr`, e.g. a file the test reads.
+    pub fn start_with_stderr(args: &[&str], stderr: Stdio) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_signaling-server"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("server binary starts");
         let addr = listening_address(&mut child);
@@ -115,8 +121,21 @@ pub enum Ending {
     Dropped,
 }
 
-pub struct Client {
-    pub ws: WebSocket<TcpStream>,
+/// The byte stream under a [`Client`]: plain TCP here, TLS over TCP in tls_client.rs.
+/// Timeouts and blocking mode are set on the TCP socket underneath.
+pub trait Stream: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Stream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+/// A blocking WebSocket client, over plain TCP unless `S` says otherwise.
+pub struct Client<S = TcpStream> {
+    pub ws: WebSocket<S>,
 }
 
 impl Client {
@@ -127,7 +146,9 @@ impl Client {
         let (ws, _) = tungstenite::client(server.url(), stream).expect("websocket handshake");
         Client { ws }
     }
+}
 
+impl<S: Stream> Client<S> {
     pub fn send(&mut self, text: &str) {
         self.ws.send(Message::text(text)).expect("send");
     }
@@ -213,7 +234,7 @@ impl Client {
     }
 
     pub fn set_timeout(&mut self, timeout: Duration) {
-        self.ws.get_ref().set_read_timeout(Some(timeout)).expect("timeout");
+        self.ws.get_ref().tcp().set_read_timeout(Some(timeout)).expect("timeout");
     }
 
     /// Reads until the connection ends, skipping messages.
@@ -320,7 +341,7 @@ pub fn run_binary(args: &[&str]) -> std::process::Output {
     child.wait_with_output().expect("output is collected")
 }
 
-impl Client {
+impl<S: Stream> Client<S> {
     /// Asserts that nothing at all (not even a `clu`; pings are fine) arrives within `window`.
     pub fn expect_nothing(&mut self, window: Duration) {
         let deadline = Instant::now() + window;
@@ -546,7 +567,9 @@ impl Client {
         let stream = raw_upgrade(server);
         Client { ws: WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Client, None) }
     }
+}
 
+impl<S: Stream> Client<S> {
     /// Like [`Server::register`], on an existing connection.
     pub fn register_as(&mut self, sid: &str) {
         self.send(&format!(r#"{{"cmd":"sId","sId":{}}}"#, json_string(sid)));
@@ -555,14 +578,14 @@ impl Client {
         assert_eq!(reply.get_str("sId"), Some(sid));
     }
 
-    /// Writes bytes straight to the socket, bypassing tungstenite's framing.
+    /// Writes bytes straight to the stream (through TLS, if any), bypassing tungstenite's framing.
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.ws.get_mut().write_all(bytes).expect("raw write");
     }
 
     /// A non-`clu` message if one has already arrived; never waits.
     pub fn try_recv(&mut self) -> Option<OwnedValue> {
-        self.ws.get_ref().set_nonblocking(true).expect("nonblocking");
+        self.ws.get_ref().tcp().set_nonblocking(true).expect("nonblocking");
         let message = loop {
             match self.ws.read() {
                 Ok(Message::Text(text)) => {
@@ -577,7 +600,7 @@ impl Client {
                 other => panic!("expected a text message or nothing, got {other:?}"),
             }
         };
-        self.ws.get_ref().set_nonblocking(false).expect("blocking");
+        self.ws.get_ref().tcp().set_nonblocking(false).expect("blocking");
         message
     }
 
@@ -610,9 +633,9 @@ impl Client {
 }
 
 /// Two registered clients in a NEW session that `a` opened with `b`.
-pub struct Pair {
-    pub a: Client,
-    pub b: Client,
+pub struct Pair<S = TcpStream> {
+    pub a: Client<S>,
+    pub b: Client<S>,
     pub a_sid: String,
     pub b_sid: String,
     pub session: String,
@@ -625,9 +648,11 @@ impl Pair {
         let b = server.register(b_sid);
         Pair::join(a, a_sid, b, b_sid)
     }
+}
 
+impl<S: Stream> Pair<S> {
     /// Opens a session between two already registered clients, `a` calling `b`.
-    pub fn join(mut a: Client, a_sid: &str, mut b: Client, b_sid: &str) -> Pair {
+    pub fn join(mut a: Client<S>, a_sid: &str, mut b: Client<S>, b_sid: &str) -> Pair<S> {
         a.send(&format!(r#"{{"cmd":"session","opponentId":{}}}"#, json_string(b_sid)));
         let session = a.expect("session").get_str("sessionId").expect("sessionId").to_owned();
         a.expect_ssu(&session, 1);
@@ -644,7 +669,7 @@ impl Pair {
     }
 }
 
-fn relay_one(from: &mut Client, to: &mut Client, from_sid: &str, session: &str, n: u32) {
+fn relay_one<S: Stream>(from: &mut Client<S>, to: &mut Client<S>, from_sid: &str, session: &str, n: u32) {
     from.send(&format!(
         r#"{{"cmd":"icecandidate","sessionId":"{session}","icecandidate":{{"candidate":"c{n}","sdpMLineIndex":0}}}}"#
     ));
