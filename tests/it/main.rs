@@ -5,6 +5,7 @@
 
 mod cdp;
 mod harness;
+mod tls_client;
 
 mod browser;
 mod defences;
@@ -17,3 +18,4 @@ mod in_process;
 mod lifecycle;
 mod limits;
 mod loadtest_smoke;
+mod tls;
