@@ -40,15 +40,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before the line below: whoever reads it may signal at once.
+    if let Err(e) = forward_signals(server.handle()) {
+        eprintln!("signaling-server: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     // Scripts and tests read this line to learn the port, whatever the log level.
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "listening on {}", server.local_addr());
     let _ = stdout.flush();
     drop(stdout);
-    if let Err(e) = forward_signals(server.handle()) {
-        eprintln!("signaling-server: cannot install signal handlers: {e}");
-        return ExitCode::FAILURE;
-    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

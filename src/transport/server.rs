@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{error, info, warn};
-use rustls::ServerConfig;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::ServerConfig;
 
 use super::admission::Admission;
 use super::connection::{Close, Connection, Event, Flush, Settings, Wire};
@@ -442,18 +442,16 @@ impl Server {
                 self.conns.poll_event(id, fresh, &policy)
             };
             let Some(event) = event else { break };
+            // Every event counts, not only messages: a machine can never keep the loop here.
+            *budget -= 1;
             match event {
                 Event::Opened { allowed_sid: Some(sid) } => self.core.restrict_sid(id, &sid),
                 Event::Opened { allowed_sid: None } => {}
                 Event::Message(message) => {
-                    *budget -= 1;
                     self.core.handle_message(id, &message, now, &mut self.conns);
                     self.run_departures(now);
                 }
-                Event::RateLimited => {
-                    *budget -= 1;
-                    self.core.refuse(id, ErrorCode::RateLimited, &mut self.conns);
-                }
+                Event::RateLimited => self.core.refuse(id, ErrorCode::RateLimited, &mut self.conns),
                 Event::Page { route, head_only } => {
                     let open = self.conns.slab.len();
                     let page = pages::render(route, head_only, &self.conns.metrics, &self.core, open);

@@ -461,8 +461,13 @@ const FLAGS: [(&str, &str); 15] = [
 ];
 
 /// Flags that are off unless given, and what their help says by default.
-const OPTIONAL_FLAGS: [(&str, &str); 3] =
-    [("--allowed-origin", "any origin"), ("--auth-secret", "off"), ("--echo-path", "off")];
+const OPTIONAL_FLAGS: [(&str, &str); 5] = [
+    ("--allowed-origin", "any origin"),
+    ("--auth-secret", "off"),
+    ("--echo-path", "off"),
+    ("--tls-cert", "off"),
+    ("--tls-key", "off"),
+];
 
 #[test]
 fn help_lists_every_flag_with_its_default_and_exits_0() {

@@ -111,7 +111,7 @@ impl Settings {
 }
 
 /// How a connection ends.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Close {
     /// Answer a plain HTTP request (or refuse a bad head) with this response, then close.
     Http(Cow<'static, [u8]>),
@@ -121,6 +121,21 @@ pub enum Close {
     Answer,
     /// Gone without a closing handshake: reset, EOF, liveness timeout, write error.
     Drop(CloseReason),
+}
+
+impl std::fmt::Debug for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The status line, not a whole page, in the debug log.
+            Close::Http(response) => {
+                let line = response.split(|&b| b == b'\r').next().unwrap_or_default();
+                write!(f, "Http({:?})", String::from_utf8_lossy(line))
+            }
+            Close::Frame(reason) => write!(f, "Frame({reason:?})"),
+            Close::Answer => f.write_str("Answer"),
+            Close::Drop(reason) => write!(f, "Drop({reason:?})"),
+        }
+    }
 }
 
 impl Close {
@@ -262,6 +277,11 @@ impl Connection {
         settings: &Settings,
         policy: &UpgradePolicy<'_>,
     ) -> Option<Event> {
+        if self.is_finished() {
+            // The transport drops the socket; whatever arrived is of no use.
+            *fresh = &[];
+            return None;
+        }
         if !fresh.is_empty() {
             self.last_seen = now;
         }
@@ -287,7 +307,7 @@ impl Connection {
                 None
             }
         };
-        if event.is_none() && wire.is_broken() {
+        if event.is_none() && wire.is_broken() && !matches!(phase, Phase::Closing { .. }) {
             // Not TLS, or a TLS violation: nothing more can be read or answered.
             return Some(Event::Close(Close::Drop(CloseReason::ProtocolError)));
         }

@@ -465,3 +465,125 @@ fn a_write_error_leaves_the_close_to_the_transport() {
     assert!(conn.is_open(), "still open: the transport's close runs the core's leave");
     assert_eq!(conn.close(Close::Drop(CloseReason::ConnectionLost), t0, &settings), Departure::Left);
 }
+
+mod tls {
+    //! The same machine over TLS, against an in-memory rustls client.
+
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rcgen::{CertificateParams, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+
+    use super::*;
+
+    fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let der = CertificateDer::from(cert.der().to_vec());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// Moves the client's records into the machine and the machine's back; the events seen.
+    fn exchange(
+        client: &mut ClientConnection,
+        conn: &mut Connection,
+        now: Instant,
+        settings: &Settings,
+    ) -> Vec<Event> {
+        let mut records = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut records).unwrap();
+        }
+        let events = feed(conn, &records, now, settings);
+        let mut socket = Socket::open();
+        conn.write_to(&mut socket, now, settings).unwrap();
+        if !socket.taken.is_empty() {
+            client.read_tls(&mut socket.taken.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        events
+    }
+
+    #[test]
+    fn a_tls_client_upgrades_and_exchanges_messages() {
+        let settings = settings();
+        let (server, client_config) = configs();
+        let t0 = Instant::now();
+        let mut conn = Connection::new(t0, Wire::tls(server).unwrap(), &settings, FIRST_PING);
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(client_config, name).unwrap();
+        for _ in 0..4 {
+            assert!(exchange(&mut client, &mut conn, t0, &settings).is_empty());
+        }
+        assert!(!client.is_handshaking(), "the TLS handshake completed through the machine");
+        client.writer().write_all(UPGRADE).unwrap();
+        client.writer().write_all(&text("hello")).unwrap();
+        let events = exchange(&mut client, &mut conn, t0, &settings);
+        assert_eq!(events, [Event::Opened { allowed_sid: None }, Event::Message("hello".into())]);
+        let mut plaintext = vec![0u8; 4096];
+        let n = client.reader().read(&mut plaintext).unwrap();
+        assert!(plaintext[..n].starts_with(b"HTTP/1.1 101 "));
+
+        assert_eq!(conn.queue_message(b"world", t0, &settings), Queued::Yes);
+        exchange(&mut client, &mut conn, t0, &settings);
+        let n = client.reader().read(&mut plaintext).unwrap();
+        assert_eq!(&plaintext[..n], [&[0x81, 5][..], b"world"].concat());
+
+        // Our close: the close frame, then close_notify after it.
+        let _ = conn.close(Close::Frame(CloseReason::Shutdown), t0, &settings);
+        exchange(&mut client, &mut conn, t0, &settings);
+        let n = client.reader().read(&mut plaintext).unwrap();
+        assert_eq!(&plaintext[..2], &[0x88, 2 + 20]);
+        assert!(n > 2);
+        assert_eq!(client.reader().read(&mut plaintext).ok(), Some(0), "close_notify: a clean end");
+    }
+
+    #[test]
+    fn plain_bytes_on_a_tls_connection_end_it_at_once() {
+        let settings = settings();
+        let (server, _) = configs();
+        let t0 = Instant::now();
+        let mut conn = Connection::new(t0, Wire::tls(server).unwrap(), &settings, FIRST_PING);
+        let events = feed(&mut conn, UPGRADE, t0, &settings);
+        assert_eq!(events, [Event::Close(Close::Drop(CloseReason::ProtocolError))]);
+        assert_eq!(conn.close(Close::Drop(CloseReason::ProtocolError), t0, &settings), Departure::NotOpen);
+        assert!(conn.is_finished());
+        assert!(feed(&mut conn, b"more", t0, &settings).is_empty(), "a finished machine stays quiet");
+    }
+
+    #[test]
+    fn a_stalled_tls_handshake_meets_the_handshake_deadline() {
+        let settings = settings();
+        let (server, client_config) = configs();
+        let t0 = Instant::now();
+        let mut conn = Connection::new(t0, Wire::tls(server).unwrap(), &settings, FIRST_PING);
+        let mut client =
+            ClientConnection::new(client_config, ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        assert!(feed(&mut conn, &hello[..hello.len() / 2], t0, &settings).is_empty());
+        assert_eq!(
+            conn.handle_timeout(t0 + settings.handshake_timeout, &settings),
+            Some(Close::Drop(CloseReason::HandshakeTimeout))
+        );
+    }
+}

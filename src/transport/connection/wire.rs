@@ -34,6 +34,8 @@ pub struct Tls {
     conn: ServerConnection,
     /// rustls refused the peer's bytes (not TLS, or a TLS violation).
     broken: bool,
+    /// Our side is closing: close_notify follows the last of the output.
+    closing: bool,
 }
 
 /// Plaintext rustls holds for the socket, at most: past it, the connection's output waits
@@ -45,7 +47,7 @@ impl Wire {
     pub fn tls(config: Arc<ServerConfig>) -> Result<Wire, rustls::Error> {
         let mut conn = ServerConnection::new(config)?;
         conn.set_buffer_limit(Some(TLS_PLAINTEXT_IN_FLIGHT));
-        Ok(Wire::Tls(Box::new(Tls { conn, broken: false })))
+        Ok(Wire::Tls(Box::new(Tls { conn, broken: false, closing: false })))
     }
 
     /// The connection's incoming plaintext, read from `pending`.
@@ -60,14 +62,23 @@ impl Wire {
     }
 
     /// Writes `out` to `sink` as far as it takes, adding the socket bytes written to `sent`.
-    pub(super) fn write(&mut self, out: &mut Output, sink: &mut impl Sink, sent: &mut u64) -> io::Result<Flush> {
-        let tls = match self {
+    pub(super) fn write(
+        &mut self,
+        out: &mut Output,
+        sink: &mut impl Sink,
+        sent: &mut u64,
+    ) -> io::Result<Flush> {
+        let Tls { conn: tls, closing, .. } = match self {
             Wire::Plain => return out.write_to(sink, sent),
-            Wire::Tls(tls) => &mut tls.conn,
+            Wire::Tls(tls) => &mut **tls,
         };
         loop {
             // Plaintext moves into rustls only as far as its in-flight bound allows.
             let moved = out.write_to(&mut Encrypting(tls), &mut 0)?;
+            if moved == Flush::Done && *closing && !tls.is_handshaking() {
+                *closing = false;
+                tls.send_close_notify();
+            }
             while tls.wants_write() {
                 match tls.write_tls(sink) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -99,13 +110,11 @@ impl Wire {
         }
     }
 
-    /// Our side is closing: say so at the wire's level too (TLS close_notify), after
-    /// whatever is queued.
+    /// Our side is closing: say so at the wire's level too (TLS close_notify), once
+    /// everything queued before it has gone into the TLS stream.
     pub(super) fn close_notify(&mut self) {
-        if let Wire::Tls(tls) = self
-            && !tls.conn.is_handshaking()
-        {
-            tls.conn.send_close_notify();
+        if let Wire::Tls(tls) = self {
+            tls.closing = true;
         }
     }
 }
