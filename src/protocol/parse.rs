@@ -12,36 +12,27 @@ use std::borrow::Cow;
 use simd_json::{Buffers, INPUT_PADDING, Node, StaticNode, Tape};
 
 use super::ErrorCode;
+use crate::indexed_enum::indexed_enum;
 
 /// Ids (`sId`, `opponentId`, `sessionId`) longer than this after trimming get 9003.
 pub const MAX_ID_BYTES: usize = 64;
 
-/// The eight client commands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CommandKind {
-    Register,
-    Session,
-    Call,
-    Accept,
-    IceCandidate,
-    Reject,
-    Stop,
-    Notify,
+indexed_enum! {
+    /// The eight client commands.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum CommandKind {
+        Register,
+        Session,
+        Call,
+        Accept,
+        IceCandidate,
+        Reject,
+        Stop,
+        Notify,
+    }
 }
 
 impl CommandKind {
-    /// Every kind, in the order of their discriminants.
-    pub const ALL: [CommandKind; 8] = [
-        CommandKind::Register,
-        CommandKind::Session,
-        CommandKind::Call,
-        CommandKind::Accept,
-        CommandKind::IceCandidate,
-        CommandKind::Reject,
-        CommandKind::Stop,
-        CommandKind::Notify,
-    ];
-
     fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "sId" => CommandKind::Register,

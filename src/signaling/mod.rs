@@ -54,12 +54,12 @@ pub struct CoreStats {
 /// What the core has been asked and has answered, since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CoreCounters {
-    /// Messages that passed checks 1-3, by [`CommandKind`] (as its index).
-    pub commands: [u64; CommandKind::ALL.len()],
+    /// Messages that passed checks 1-3, indexed by [`CommandKind::index`].
+    pub commands: [u64; CommandKind::COUNT],
     /// Messages that failed checks 1-3 (not JSON, wrong shape, unknown command).
     pub invalid_messages: u64,
-    /// `error` messages sent, indexed like [`ErrorCode::ALL`].
-    pub errors: [u64; ErrorCode::ALL.len()],
+    /// `error` messages sent, indexed by [`ErrorCode::index`] (the order of [`ErrorCode::ALL`]).
+    pub errors: [u64; ErrorCode::COUNT],
 }
 
 pub struct Signaling {
@@ -169,7 +169,7 @@ impl Signaling {
         let mut parser = self.parser.take().unwrap_or_default();
         let result = match parser.parse(raw) {
             Ok(request) => {
-                self.counters.commands[request.kind as usize] += 1;
+                self.counters.commands[request.kind.index()] += 1;
                 if request.kind != CommandKind::Register && self.registry.get(from).is_none() {
                     Err(ErrorCode::NotRegistered)
                 } else {
