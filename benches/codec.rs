@@ -8,13 +8,13 @@ use std::io::{self, Cursor, Read, Write};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use signaling_server::protocol::{Command, CommandKind, Parser, Relay, encode};
+use signaling_server::protocol::{Command, CommandKind, Parser, Relay, SessionId, encode};
 use tungstenite::Message;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
-const SESSION_ID: &str = "9f86d081884c7d65";
+const SESSION_ID: SessionId = SessionId::new(0x9f86_d081_884c_7d65);
 
 /// A Chrome-style host candidate, about 200 bytes of JSON.
 const CANDIDATE: &str = concat!(

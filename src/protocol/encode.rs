@@ -2,7 +2,7 @@
 //! callers pass ids that are already JSON strings (quoted and escaped once, when the client
 //! registered), so composing a relayed message is plain concatenation.
 
-use super::Relay;
+use super::{Relay, SessionId};
 
 /// Appends `text` as a JSON string literal.
 pub fn json_string(out: &mut Vec<u8>, text: &str) {
@@ -50,27 +50,33 @@ pub fn registered(out: &mut Vec<u8>, sid_json: &str) {
 }
 
 /// `{"cmd":"session","sessionId":…}`, the reply to the client that opened a session.
-pub fn session_opened(out: &mut Vec<u8>, session_id: &str) {
+pub fn session_opened(out: &mut Vec<u8>, session: SessionId) {
     out.extend_from_slice(br#"{"cmd":"session","sessionId":"#);
-    json_string(out, session_id);
+    session_id(out, session);
     out.push(b'}');
 }
 
 /// `{"cmd":"ssu","sessionId":…,"state":N}`.
-pub fn session_state(out: &mut Vec<u8>, session_id: &str, state: u8) {
+pub fn session_state(out: &mut Vec<u8>, session: SessionId, state: u8) {
     out.extend_from_slice(br#"{"cmd":"ssu","sessionId":"#);
-    json_string(out, session_id);
+    session_id(out, session);
     out.extend_from_slice(br#","state":"#);
     push_small_number(out, state);
     out.push(b'}');
 }
 
 /// A relayed session command, carrying exactly the fields PROTOCOL.md lists.
-pub fn relayed(out: &mut Vec<u8>, action: Relay, session_id: &str, from_json: &str, payload: Option<&[u8]>) {
+pub fn relayed(
+    out: &mut Vec<u8>,
+    action: Relay,
+    session: SessionId,
+    from_json: &str,
+    payload: Option<&[u8]>,
+) {
     out.extend_from_slice(br#"{"cmd":""#);
     out.extend_from_slice(action.cmd().as_bytes());
     out.extend_from_slice(br#"","sessionId":"#);
-    json_string(out, session_id);
+    session_id(out, session);
     out.extend_from_slice(br#","opponentId":"#);
     out.extend_from_slice(from_json.as_bytes());
     if let (Some(field), Some(payload)) = (action.payload_field(), payload) {
@@ -96,9 +102,9 @@ pub fn notification(out: &mut Vec<u8>, from_json: &str, notify_type: &str, data:
 }
 
 /// `{"cmd":"leave","sessionId":…,"opponentId":…}`.
-pub fn left(out: &mut Vec<u8>, session_id: &str, gone_json: &str) {
+pub fn left(out: &mut Vec<u8>, session: SessionId, gone_json: &str) {
     out.extend_from_slice(br#"{"cmd":"leave","sessionId":"#);
-    json_string(out, session_id);
+    session_id(out, session);
     out.extend_from_slice(br#","opponentId":"#);
     out.extend_from_slice(gone_json.as_bytes());
     out.push(b'}');
@@ -118,6 +124,13 @@ pub fn client_list<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a str
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
+}
+
+/// A session id as a JSON string: hex digits never need escaping.
+fn session_id(out: &mut Vec<u8>, session: SessionId) {
+    out.push(b'"');
+    out.extend_from_slice(&session.hex_digits());
+    out.push(b'"');
 }
 
 fn push_small_number(out: &mut Vec<u8>, n: u8) {
@@ -160,14 +173,15 @@ mod tests {
     #[test]
     fn relayed_messages_splice_the_payload() {
         let mut out = Vec::new();
-        relayed(&mut out, Relay::Call, "abc", &quoted("al\"ice"), Some(br#"{"sdp":"v=0\r\n"}"#));
+        let session = SessionId::new(0xabc);
+        relayed(&mut out, Relay::Call, session, &quoted("al\"ice"), Some(br#"{"sdp":"v=0\r\n"}"#));
         assert_eq!(
             std::str::from_utf8(&out).expect("utf-8"),
-            r#"{"cmd":"call","sessionId":"abc","opponentId":"al\"ice","offer":{"sdp":"v=0\r\n"}}"#
+            r#"{"cmd":"call","sessionId":"0000000000000abc","opponentId":"al\"ice","offer":{"sdp":"v=0\r\n"}}"#
         );
         out.clear();
-        relayed(&mut out, Relay::Stop, "abc", &quoted("bob"), None);
-        assert_eq!(out, br#"{"cmd":"stop","sessionId":"abc","opponentId":"bob"}"#);
+        relayed(&mut out, Relay::Stop, session, &quoted("bob"), None);
+        assert_eq!(out, br#"{"cmd":"stop","sessionId":"0000000000000abc","opponentId":"bob"}"#);
     }
 
     #[test]
@@ -177,16 +191,17 @@ mod tests {
         registered(&mut out, &alice);
         assert_eq!(as_json(&out).get_str("sId"), Some("alice"));
         out.clear();
-        session_opened(&mut out, "00ff");
-        assert_eq!(as_json(&out).get_str("sessionId"), Some("00ff"));
+        let session = SessionId::new(0xff);
+        session_opened(&mut out, session);
+        assert_eq!(as_json(&out).get_str("sessionId"), Some("00000000000000ff"));
         out.clear();
-        session_state(&mut out, "00ff", 4);
+        session_state(&mut out, session, 4);
         assert_eq!(as_json(&out).get_u64("state"), Some(4));
         out.clear();
         notification(&mut out, &alice, "ri\"ng", Some(b"[null]"));
         assert_eq!(as_json(&out).get_str("type"), Some("ri\"ng"));
         out.clear();
-        left(&mut out, "00ff", &alice);
+        left(&mut out, session, &alice);
         assert_eq!(as_json(&out).get_str("opponentId"), Some("alice"));
         out.clear();
         client_list(&mut out, [(alice.as_str(), 1), ("\"b\"", 2)].into_iter());

@@ -6,6 +6,8 @@
 pub mod encode;
 mod error_code;
 mod parse;
+mod session_id;
 
 pub use error_code::ErrorCode;
 pub use parse::{Command, CommandKind, MAX_ID_BYTES, Parser, Relay, Request};
+pub use session_id::{SessionId, SessionIdText};

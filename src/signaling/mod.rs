@@ -32,12 +32,12 @@ use std::time::Instant;
 
 pub use client_list::ClientListPacing;
 pub use outbox::{ConnId, Delivery, MemoryOutbox, Outbox};
-pub use sessions::{SessionState, format_session_id, parse_session_id};
+pub use sessions::SessionState;
 
-use crate::protocol::{Command, CommandKind, ErrorCode, Parser, Relay, encode};
+use crate::protocol::{Command, CommandKind, ErrorCode, Parser, Relay, SessionId, encode};
 use client_list::ClientList;
 use registry::Registry;
-use sessions::{SessionKey, Sessions};
+use sessions::Sessions;
 
 /// The core's state in numbers (the transport exports them as metrics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -270,9 +270,8 @@ impl Signaling {
                 client.session = Some(key);
             }
         }
-        let session_id = format_session_id(key);
         self.scratch.clear();
-        encode::session_opened(&mut self.scratch, session_id.as_str());
+        encode::session_opened(&mut self.scratch, key);
         out.send(from, &self.scratch);
         self.announce_state(key, [from, opponent], SessionState::New, out);
         self.client_list.changed(now, self.registry.len());
@@ -288,7 +287,7 @@ impl Signaling {
         now: Instant,
         out: &mut dyn Outbox,
     ) -> Result<(), ErrorCode> {
-        let key = parse_session_id(session_id).ok_or(ErrorCode::SessionNotFound)?;
+        let key = SessionId::parse(session_id).ok_or(ErrorCode::SessionNotFound)?;
         let session = self.sessions.get(key).ok_or(ErrorCode::SessionNotFound)?;
         let opponent = session.opponent_of(from).ok_or(ErrorCode::SessionNotFound)?;
         let members = session.members;
@@ -296,7 +295,7 @@ impl Signaling {
         let sender = self.registry.get(from).ok_or(ErrorCode::NotRegistered)?;
 
         self.scratch.clear();
-        encode::relayed(&mut self.scratch, action, session_id, &sender.sid_json, payload);
+        encode::relayed(&mut self.scratch, action, key, &sender.sid_json, payload);
         if out.send(opponent, &self.scratch) == Delivery::Closing {
             self.send_error(from, ErrorCode::OpponentGone, out);
             self.close_session(key, members, now, out);
@@ -350,12 +349,11 @@ impl Signaling {
             && let Some(session) = self.sessions.remove(key)
             && let Some(opponent) = session.opponent_of(conn)
         {
-            let session_id = format_session_id(key);
             self.scratch.clear();
-            encode::left(&mut self.scratch, session_id.as_str(), &client.sid_json);
+            encode::left(&mut self.scratch, key, &client.sid_json);
             out.send(opponent, &self.scratch);
             self.scratch.clear();
-            encode::session_state(&mut self.scratch, session_id.as_str(), SessionState::Closed as u8);
+            encode::session_state(&mut self.scratch, key, SessionState::Closed as u8);
             out.send(opponent, &self.scratch);
             if let Some(opponent) = self.registry.get_mut(opponent) {
                 opponent.session = None;
@@ -364,7 +362,7 @@ impl Signaling {
         self.client_list.changed(now, self.registry.len());
     }
 
-    fn close_session(&mut self, key: SessionKey, members: [ConnId; 2], now: Instant, out: &mut dyn Outbox) {
+    fn close_session(&mut self, key: SessionId, members: [ConnId; 2], now: Instant, out: &mut dyn Outbox) {
         self.sessions.remove(key);
         for member in members {
             if let Some(client) = self.registry.get_mut(member) {
@@ -377,13 +375,13 @@ impl Signaling {
 
     fn announce_state(
         &mut self,
-        key: SessionKey,
+        key: SessionId,
         members: [ConnId; 2],
         state: SessionState,
         out: &mut dyn Outbox,
     ) {
         self.scratch.clear();
-        encode::session_state(&mut self.scratch, format_session_id(key).as_str(), state as u8);
+        encode::session_state(&mut self.scratch, key, state as u8);
         for member in members {
             out.send(member, &self.scratch);
         }

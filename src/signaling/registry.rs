@@ -6,8 +6,7 @@ use std::ops::ControlFlow;
 use std::rc::Rc;
 
 use super::ConnId;
-use super::sessions::SessionKey;
-use crate::protocol::encode;
+use crate::protocol::{SessionId, encode};
 
 pub(crate) struct Client {
     generation: u32,
@@ -16,7 +15,7 @@ pub(crate) struct Client {
     /// The sId as a JSON string literal, escaped once here instead of in every message.
     pub sid_json: Box<str>,
     order: u64,
-    pub session: Option<SessionKey>,
+    pub session: Option<SessionId>,
     /// The client-list version this client was last given.
     pub list_seen: u64,
 }
