@@ -2,7 +2,7 @@
 //! callers pass ids that are already JSON strings (quoted and escaped once, when the client
 //! registered), so composing a relayed message is plain concatenation.
 
-use super::{Relay, SessionId};
+use super::{ClientState, Relay, SessionId, SessionState};
 
 /// Appends `text` as a JSON string literal.
 pub fn json_string(out: &mut Vec<u8>, text: &str) {
@@ -57,11 +57,11 @@ pub fn session_opened(out: &mut Vec<u8>, session: SessionId) {
 }
 
 /// `{"cmd":"ssu","sessionId":…,"state":N}`.
-pub fn session_state(out: &mut Vec<u8>, session: SessionId, state: u8) {
+pub fn session_state(out: &mut Vec<u8>, session: SessionId, state: SessionState) {
     out.extend_from_slice(br#"{"cmd":"ssu","sessionId":"#);
     session_id(out, session);
     out.extend_from_slice(br#","state":"#);
-    push_small_number(out, state);
+    push_small_number(out, state.code());
     out.push(b'}');
 }
 
@@ -111,7 +111,7 @@ pub fn left(out: &mut Vec<u8>, session: SessionId, gone_json: &str) {
 }
 
 /// `{"cmd":"clu","list":[{"sId":…,"state":N},…]}` from (sId as JSON, state) pairs.
-pub fn client_list<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a str, u8)>) {
+pub fn client_list<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a str, ClientState)>) {
     out.extend_from_slice(br#"{"cmd":"clu","list":["#);
     for (index, (sid_json, state)) in entries.enumerate() {
         if index > 0 {
@@ -120,7 +120,7 @@ pub fn client_list<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a str
         out.extend_from_slice(br#"{"sId":"#);
         out.extend_from_slice(sid_json.as_bytes());
         out.extend_from_slice(br#","state":"#);
-        push_small_number(out, state);
+        push_small_number(out, state.code());
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
@@ -195,7 +195,7 @@ mod tests {
         session_opened(&mut out, session);
         assert_eq!(as_json(&out).get_str("sessionId"), Some("00000000000000ff"));
         out.clear();
-        session_state(&mut out, session, 4);
+        session_state(&mut out, session, SessionState::Closed);
         assert_eq!(as_json(&out).get_u64("state"), Some(4));
         out.clear();
         notification(&mut out, &alice, "ri\"ng", Some(b"[null]"));
@@ -204,7 +204,10 @@ mod tests {
         left(&mut out, session, &alice);
         assert_eq!(as_json(&out).get_str("opponentId"), Some("alice"));
         out.clear();
-        client_list(&mut out, [(alice.as_str(), 1), ("\"b\"", 2)].into_iter());
+        client_list(
+            &mut out,
+            [(alice.as_str(), ClientState::Wait), ("\"b\"", ClientState::Calling)].into_iter(),
+        );
         assert_eq!(out, br#"{"cmd":"clu","list":[{"sId":"alice","state":1},{"sId":"b","state":2}]}"#);
         out.clear();
         client_list(&mut out, std::iter::empty());

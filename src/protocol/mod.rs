@@ -7,7 +7,9 @@ pub mod encode;
 mod error_code;
 mod parse;
 mod session_id;
+mod state;
 
 pub use error_code::ErrorCode;
 pub use parse::{Command, CommandKind, MAX_ID_BYTES, Parser, Relay, Request};
 pub use session_id::{SessionId, SessionIdText};
+pub use state::{ClientState, SessionState};

@@ -30,9 +30,9 @@ use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::time::Instant;
 
+pub use crate::protocol::SessionState;
 pub use client_list::ClientListPacing;
 pub use outbox::{ConnId, Delivery, MemoryOutbox, Outbox};
-pub use sessions::SessionState;
 
 use crate::protocol::{Command, CommandKind, ErrorCode, Parser, Relay, SessionId, encode};
 use client_list::ClientList;
@@ -353,7 +353,7 @@ impl Signaling {
             encode::left(&mut self.scratch, key, &client.sid_json);
             out.send(opponent, &self.scratch);
             self.scratch.clear();
-            encode::session_state(&mut self.scratch, key, SessionState::Closed as u8);
+            encode::session_state(&mut self.scratch, key, SessionState::Closed);
             out.send(opponent, &self.scratch);
             if let Some(opponent) = self.registry.get_mut(opponent) {
                 opponent.session = None;
@@ -381,7 +381,7 @@ impl Signaling {
         out: &mut dyn Outbox,
     ) {
         self.scratch.clear();
-        encode::session_state(&mut self.scratch, key, state as u8);
+        encode::session_state(&mut self.scratch, key, state);
         for member in members {
             out.send(member, &self.scratch);
         }

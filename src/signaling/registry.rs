@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::rc::Rc;
 
 use super::ConnId;
-use crate::protocol::{SessionId, encode};
+use crate::protocol::{ClientState, SessionId, encode};
 
 pub(crate) struct Client {
     generation: u32,
@@ -21,9 +21,8 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// PROTOCOL.md's client state: 1 WAIT, 2 CALLING.
-    pub fn state(&self) -> u8 {
-        if self.session.is_some() { 2 } else { 1 }
+    pub fn state(&self) -> ClientState {
+        if self.session.is_some() { ClientState::Calling } else { ClientState::Wait }
     }
 }
 

@@ -3,17 +3,7 @@
 use std::collections::HashMap;
 
 use super::ConnId;
-use crate::protocol::SessionId;
-
-/// PROTOCOL.md's session states; `Closed` is only ever announced, never stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum SessionState {
-    New = 1,
-    Pending = 2,
-    Active = 3,
-    Closed = 4,
-}
+use crate::protocol::{SessionId, SessionState};
 
 pub(crate) struct Session {
     pub members: [ConnId; 2],

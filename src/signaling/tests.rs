@@ -1849,7 +1849,7 @@ impl Run {
                             post.set_session(opponent, None);
                             post.list_version += 1;
                         } else if next != state {
-                            wanted.extend(members.map(|m| (m, ssu(&id, next as u8))));
+                            wanted.extend(members.map(|m| (m, ssu(&id, next.code()))));
                             post.sessions.insert(key, (members, next));
                         }
                     }
