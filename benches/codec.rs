@@ -8,7 +8,7 @@ use std::io::{self, Cursor, Read, Write};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use signaling_server::protocol::{Command, CommandKind, Parser, Relay, SessionId, encode};
+use signaling_server::protocol::{Command, CommandKind, EscapedJson, Parser, Relay, SessionId, encode};
 use tungstenite::Message;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -234,7 +234,8 @@ fn parse(c: &mut Criterion) {
 fn encode_relayed(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
     let mut out = Vec::with_capacity(512);
-    encode::relayed(&mut out, Relay::IceCandidate, SESSION_ID, r#""alice-7f3a""#, Some(CANDIDATE.as_bytes()));
+    let alice = EscapedJson::escape("alice-7f3a");
+    encode::relayed(&mut out, Relay::IceCandidate, SESSION_ID, &alice, Some(CANDIDATE.as_bytes()));
     group.throughput(Throughput::Bytes(out.len() as u64));
     group.bench_function("relayed_icecandidate", |b| {
         b.iter(|| {
@@ -243,7 +244,7 @@ fn encode_relayed(c: &mut Criterion) {
                 &mut out,
                 Relay::IceCandidate,
                 black_box(SESSION_ID),
-                black_box(r#""alice-7f3a""#),
+                black_box(&alice),
                 Some(black_box(CANDIDATE.as_bytes())),
             );
             black_box(&out);
@@ -255,7 +256,8 @@ fn encode_relayed(c: &mut Criterion) {
 /// A typical relayed message, about 250 bytes.
 fn typical_message() -> Vec<u8> {
     let mut out = Vec::new();
-    encode::relayed(&mut out, Relay::IceCandidate, SESSION_ID, r#""alice-7f3a""#, Some(CANDIDATE.as_bytes()));
+    let alice = EscapedJson::escape("alice-7f3a");
+    encode::relayed(&mut out, Relay::IceCandidate, SESSION_ID, &alice, Some(CANDIDATE.as_bytes()));
     out
 }
 

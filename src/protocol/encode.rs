@@ -1,51 +1,14 @@
 //! Server messages as JSON text. Every function appends one complete message to `out`;
-//! callers pass ids that are already JSON strings (quoted and escaped once, when the client
+//! callers pass sIds that are already JSON strings (quoted and escaped once, when the client
 //! registered), so composing a relayed message is plain concatenation.
 
-use super::{ClientState, Relay, SessionId, SessionState};
-
-/// Appends `text` as a JSON string literal.
-pub fn json_string(out: &mut Vec<u8>, text: &str) {
-    out.push(b'"');
-    let bytes = text.as_bytes();
-    // Most strings (ids, session ids) need no escaping: one pass the compiler vectorises.
-    if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    let mut clean_from = 0;
-    for (at, &byte) in bytes.iter().enumerate() {
-        let escape: &[u8] = match byte {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[clean_from..at]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(byte >> 4)]);
-            out.push(HEX[usize::from(byte & 0xf)]);
-        } else {
-            out.extend_from_slice(escape);
-        }
-        clean_from = at + 1;
-    }
-    out.extend_from_slice(&bytes[clean_from..]);
-    out.push(b'"');
-}
+use super::json::json_string;
+use super::{ClientState, EscapedJson, Relay, SessionId, SessionState};
 
 /// `{"cmd":"sId","sId":…}`, the reply to a registration.
-pub fn registered(out: &mut Vec<u8>, sid_json: &str) {
+pub fn registered(out: &mut Vec<u8>, sid: &EscapedJson) {
     out.extend_from_slice(br#"{"cmd":"sId","sId":"#);
-    out.extend_from_slice(sid_json.as_bytes());
+    out.extend_from_slice(sid.as_str().as_bytes());
     out.push(b'}');
 }
 
@@ -70,7 +33,7 @@ pub fn relayed(
     out: &mut Vec<u8>,
     action: Relay,
     session: SessionId,
-    from_json: &str,
+    from: &EscapedJson,
     payload: Option<&[u8]>,
 ) {
     out.extend_from_slice(br#"{"cmd":""#);
@@ -78,7 +41,7 @@ pub fn relayed(
     out.extend_from_slice(br#"","sessionId":"#);
     session_id(out, session);
     out.extend_from_slice(br#","opponentId":"#);
-    out.extend_from_slice(from_json.as_bytes());
+    out.extend_from_slice(from.as_str().as_bytes());
     if let (Some(field), Some(payload)) = (action.payload_field(), payload) {
         out.extend_from_slice(b",\"");
         out.extend_from_slice(field.as_bytes());
@@ -89,9 +52,9 @@ pub fn relayed(
 }
 
 /// `{"cmd":"notify","opponentId":…,"type":…}` with `data` when the sender gave one.
-pub fn notification(out: &mut Vec<u8>, from_json: &str, notify_type: &str, data: Option<&[u8]>) {
+pub fn notification(out: &mut Vec<u8>, from: &EscapedJson, notify_type: &str, data: Option<&[u8]>) {
     out.extend_from_slice(br#"{"cmd":"notify","opponentId":"#);
-    out.extend_from_slice(from_json.as_bytes());
+    out.extend_from_slice(from.as_str().as_bytes());
     out.extend_from_slice(br#","type":"#);
     json_string(out, notify_type);
     if let Some(data) = data {
@@ -102,23 +65,23 @@ pub fn notification(out: &mut Vec<u8>, from_json: &str, notify_type: &str, data:
 }
 
 /// `{"cmd":"leave","sessionId":…,"opponentId":…}`.
-pub fn left(out: &mut Vec<u8>, session: SessionId, gone_json: &str) {
+pub fn left(out: &mut Vec<u8>, session: SessionId, gone: &EscapedJson) {
     out.extend_from_slice(br#"{"cmd":"leave","sessionId":"#);
     session_id(out, session);
     out.extend_from_slice(br#","opponentId":"#);
-    out.extend_from_slice(gone_json.as_bytes());
+    out.extend_from_slice(gone.as_str().as_bytes());
     out.push(b'}');
 }
 
-/// `{"cmd":"clu","list":[{"sId":…,"state":N},…]}` from (sId as JSON, state) pairs.
-pub fn client_list<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a str, ClientState)>) {
+/// `{"cmd":"clu","list":[{"sId":…,"state":N},…]}` from (sId, state) pairs.
+pub fn client_list<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a EscapedJson, ClientState)>) {
     out.extend_from_slice(br#"{"cmd":"clu","list":["#);
-    for (index, (sid_json, state)) in entries.enumerate() {
+    for (index, (sid, state)) in entries.enumerate() {
         if index > 0 {
             out.push(b',');
         }
         out.extend_from_slice(br#"{"sId":"#);
-        out.extend_from_slice(sid_json.as_bytes());
+        out.extend_from_slice(sid.as_str().as_bytes());
         out.extend_from_slice(br#","state":"#);
         push_small_number(out, state.code());
         out.push(b'}');
@@ -152,22 +115,8 @@ mod tests {
         simd_json::to_owned_value(&mut bytes.to_vec()).expect("encoder output is JSON")
     }
 
-    fn quoted(text: &str) -> String {
-        let mut out = Vec::new();
-        json_string(&mut out, text);
-        String::from_utf8(out).expect("utf-8")
-    }
-
-    #[test]
-    fn strings_round_trip_through_a_json_parser() {
-        for text in ["", "alice", "quote\"back\\slash", "\n\r\t\u{8}\u{c}\u{1}\u{1f}", "é漢字🙂", "</script>"]
-        {
-            let mut out = br#"{"s":"#.to_vec();
-            out.extend_from_slice(quoted(text).as_bytes());
-            out.push(b'}');
-            assert_eq!(as_json(&out).get_str("s"), Some(text));
-        }
-        assert_eq!(quoted("\u{1}"), "\"\\u0001\"");
+    fn quoted(text: &str) -> EscapedJson {
+        EscapedJson::escape(text)
     }
 
     #[test]
@@ -206,7 +155,7 @@ mod tests {
         out.clear();
         client_list(
             &mut out,
-            [(alice.as_str(), ClientState::Wait), ("\"b\"", ClientState::Calling)].into_iter(),
+            [(&alice, ClientState::Wait), (&quoted("b"), ClientState::Calling)].into_iter(),
         );
         assert_eq!(out, br#"{"cmd":"clu","list":[{"sId":"alice","state":1},{"sId":"b","state":2}]}"#);
         out.clear();

@@ -407,7 +407,7 @@ impl Signaling {
             list.scratch.clear();
             encode::client_list(
                 &mut list.scratch,
-                self.registry.clients().map(|client| (&*client.sid_json, client.state())),
+                self.registry.clients().map(|client| (&client.sid_json, client.state())),
             );
             list.encoded = Rc::from(list.scratch.as_slice());
             list.encoded_version = Some(list.version);
