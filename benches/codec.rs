@@ -8,7 +8,9 @@ use std::io::{self, Cursor, Read, Write};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use signaling_server::protocol::{Command, CommandKind, EscapedJson, Parser, Relay, SessionId, encode};
+use signaling_server::protocol::{
+    Command, CommandKind, EscapedJson, Parser, RawJson, Relay, SessionId, encode,
+};
 use tungstenite::Message;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -235,7 +237,8 @@ fn encode_relayed(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
     let mut out = Vec::with_capacity(512);
     let alice = EscapedJson::escape("alice-7f3a");
-    encode::relayed(&mut out, Relay::IceCandidate, SESSION_ID, &alice, Some(CANDIDATE.as_bytes()));
+    let candidate = candidate();
+    encode::relayed(&mut out, Relay::IceCandidate, SESSION_ID, &alice, Some(candidate));
     group.throughput(Throughput::Bytes(out.len() as u64));
     group.bench_function("relayed_icecandidate", |b| {
         b.iter(|| {
@@ -245,7 +248,7 @@ fn encode_relayed(c: &mut Criterion) {
                 Relay::IceCandidate,
                 black_box(SESSION_ID),
                 black_box(&alice),
-                Some(black_box(CANDIDATE.as_bytes())),
+                Some(black_box(candidate)),
             );
             black_box(&out);
         })
@@ -257,8 +260,12 @@ fn encode_relayed(c: &mut Criterion) {
 fn typical_message() -> Vec<u8> {
     let mut out = Vec::new();
     let alice = EscapedJson::escape("alice-7f3a");
-    encode::relayed(&mut out, Relay::IceCandidate, SESSION_ID, &alice, Some(CANDIDATE.as_bytes()));
+    encode::relayed(&mut out, Relay::IceCandidate, SESSION_ID, &alice, Some(candidate()));
     out
+}
+
+fn candidate() -> RawJson<'static> {
+    RawJson::validate(CANDIDATE.as_bytes()).unwrap_or_else(|| panic!("CANDIDATE is not JSON"))
 }
 
 /// A server-side stream over bytes in memory: reads from a cursor, discards writes.

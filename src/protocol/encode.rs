@@ -3,7 +3,7 @@
 //! registered), so composing a relayed message is plain concatenation.
 
 use super::json::json_string;
-use super::{ClientState, EscapedJson, Relay, SessionId, SessionState};
+use super::{ClientState, EscapedJson, RawJson, Relay, SessionId, SessionState};
 
 /// `{"cmd":"sId","sId":…}`, the reply to a registration.
 pub fn registered(out: &mut Vec<u8>, sid: &EscapedJson) {
@@ -34,7 +34,7 @@ pub fn relayed(
     action: Relay,
     session: SessionId,
     from: &EscapedJson,
-    payload: Option<&[u8]>,
+    payload: Option<RawJson<'_>>,
 ) {
     out.extend_from_slice(br#"{"cmd":""#);
     out.extend_from_slice(action.cmd().as_bytes());
@@ -46,20 +46,20 @@ pub fn relayed(
         out.extend_from_slice(b",\"");
         out.extend_from_slice(field.as_bytes());
         out.extend_from_slice(b"\":");
-        out.extend_from_slice(payload);
+        out.extend_from_slice(payload.as_bytes());
     }
     out.push(b'}');
 }
 
 /// `{"cmd":"notify","opponentId":…,"type":…}` with `data` when the sender gave one.
-pub fn notification(out: &mut Vec<u8>, from: &EscapedJson, notify_type: &str, data: Option<&[u8]>) {
+pub fn notification(out: &mut Vec<u8>, from: &EscapedJson, notify_type: &str, data: Option<RawJson<'_>>) {
     out.extend_from_slice(br#"{"cmd":"notify","opponentId":"#);
     out.extend_from_slice(from.as_str().as_bytes());
     out.extend_from_slice(br#","type":"#);
     json_string(out, notify_type);
     if let Some(data) = data {
         out.extend_from_slice(br#","data":"#);
-        out.extend_from_slice(data);
+        out.extend_from_slice(data.as_bytes());
     }
     out.push(b'}');
 }
@@ -115,6 +115,10 @@ mod tests {
         simd_json::to_owned_value(&mut bytes.to_vec()).expect("encoder output is JSON")
     }
 
+    fn raw(bytes: &[u8]) -> Option<RawJson<'_>> {
+        Some(RawJson::validate(bytes).expect("the test's payload is JSON"))
+    }
+
     fn quoted(text: &str) -> EscapedJson {
         EscapedJson::escape(text)
     }
@@ -123,7 +127,7 @@ mod tests {
     fn relayed_messages_splice_the_payload() {
         let mut out = Vec::new();
         let session = SessionId::new(0xabc);
-        relayed(&mut out, Relay::Call, session, &quoted("al\"ice"), Some(br#"{"sdp":"v=0\r\n"}"#));
+        relayed(&mut out, Relay::Call, session, &quoted("al\"ice"), raw(br#"{"sdp":"v=0\r\n"}"#));
         assert_eq!(
             std::str::from_utf8(&out).expect("utf-8"),
             r#"{"cmd":"call","sessionId":"0000000000000abc","opponentId":"al\"ice","offer":{"sdp":"v=0\r\n"}}"#
@@ -147,7 +151,7 @@ mod tests {
         session_state(&mut out, session, SessionState::Closed);
         assert_eq!(as_json(&out).get_u64("state"), Some(4));
         out.clear();
-        notification(&mut out, &alice, "ri\"ng", Some(b"[null]"));
+        notification(&mut out, &alice, "ri\"ng", raw(b"[null]"));
         assert_eq!(as_json(&out).get_str("type"), Some("ri\"ng"));
         out.clear();
         left(&mut out, session, &alice);

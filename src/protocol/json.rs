@@ -30,6 +30,37 @@ impl fmt::Debug for EscapedJson {
     }
 }
 
+/// A JSON value exactly as a client sent it (a relayed `offer`, `answer` or `icecandidate`,
+/// a notify's `data`). It is spliced in byte for byte, never decoded and re-encoded, so it
+/// stays JSON-equivalent to what was sent and costs nothing to relay. The parser makes these
+/// from spans of input simd-json has validated; [`RawJson::validate`] makes the others.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RawJson<'a>(&'a [u8]);
+
+impl<'a> RawJson<'a> {
+    /// `bytes` must be one complete JSON value: a span of a document simd-json accepted.
+    pub(super) fn from_validated(bytes: &'a [u8]) -> Self {
+        RawJson(bytes)
+    }
+
+    /// `bytes` as a payload, if they are one JSON value. For payloads that do not come from
+    /// the parser (tests, benchmarks): it parses a copy, which relaying never does.
+    pub fn validate(bytes: &'a [u8]) -> Option<Self> {
+        simd_json::to_tape(&mut bytes.to_vec()).ok()?;
+        Some(RawJson(bytes))
+    }
+
+    pub fn as_bytes(self) -> &'a [u8] {
+        self.0
+    }
+}
+
+impl fmt::Debug for RawJson<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RawJson({})", String::from_utf8_lossy(self.0))
+    }
+}
+
 /// Appends `text` as a JSON string literal.
 pub(super) fn json_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
@@ -91,5 +122,17 @@ mod tests {
             assert_eq!(as_json(&out).get_str("s"), Some(text));
         }
         assert_eq!(quoted("\u{1}"), "\"\\u0001\"");
+    }
+
+    #[test]
+    fn validation_takes_any_one_json_value() {
+        for good in
+            ["null", "-0", "1.50e2", "\"plain\"", "{}", "[1, [2, {\"a\":\"]}\"}], 3]", " {\"k\":true} "]
+        {
+            assert!(RawJson::validate(good.as_bytes()).is_some(), "{good}");
+        }
+        for bad in [&b""[..], b" ", b"{", b"nul", b"1 2", b"{\"a\":1}}", b"\"\\x\"", b"\xff"] {
+            assert!(RawJson::validate(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

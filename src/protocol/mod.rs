@@ -11,7 +11,7 @@ mod session_id;
 mod state;
 
 pub use error_code::ErrorCode;
-pub use json::EscapedJson;
+pub use json::{EscapedJson, RawJson};
 pub use parse::{Command, CommandKind, MAX_ID_BYTES, Parser, Relay, Request};
 pub use session_id::{SessionId, SessionIdText};
 pub use state::{ClientState, SessionState};

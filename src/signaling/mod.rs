@@ -34,7 +34,7 @@ pub use crate::protocol::SessionState;
 pub use client_list::ClientListPacing;
 pub use outbox::{ConnId, Delivery, MemoryOutbox, Outbox};
 
-use crate::protocol::{Command, CommandKind, ErrorCode, Parser, Relay, SessionId, encode};
+use crate::protocol::{Command, CommandKind, ErrorCode, Parser, RawJson, Relay, SessionId, encode};
 use client_list::ClientList;
 use registry::Registry;
 use sessions::Sessions;
@@ -283,7 +283,7 @@ impl Signaling {
         from: ConnId,
         action: Relay,
         session_id: &str,
-        payload: Option<&[u8]>,
+        payload: Option<RawJson<'_>>,
         now: Instant,
         out: &mut dyn Outbox,
     ) -> Result<(), ErrorCode> {
@@ -324,7 +324,7 @@ impl Signaling {
         from: ConnId,
         opponent_id: &str,
         notify_type: &str,
-        data: Option<&[u8]>,
+        data: Option<RawJson<'_>>,
         out: &mut dyn Outbox,
     ) -> Result<(), ErrorCode> {
         let me = self.registry.get(from).ok_or(ErrorCode::NotRegistered)?;
