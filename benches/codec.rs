@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use signaling_server::config::Config;
-use signaling_server::protocol::{Command, CommandKind, Parser, Relay, encode};
+use signaling_server::protocol::{
+    Command, CommandKind, EscapedJson, Parser, RawJson, Relay, SessionId, encode,
+};
 use signaling_server::transport::UpgradePolicy;
 use signaling_server::transport::connection::{Connection, Event, Settings, Sink, Wire};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-const SESSION_ID: &str = "9f86d081884c7d65";
+const SESSION_ID: SessionId = SessionId::new(0x9f86_d081_884c_7d65);
 
 /// A Chrome-style host candidate, about 200 bytes of JSON.
 const CANDIDATE: &str = concat!(
@@ -235,7 +237,9 @@ fn parse(c: &mut Criterion) {
 fn encode_relayed(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
     let mut out = Vec::with_capacity(512);
-    encode::relayed(&mut out, Relay::IceCandidate, SESSION_ID, r#""alice-7f3a""#, Some(CANDIDATE.as_bytes()));
+    let alice = EscapedJson::escape("alice-7f3a");
+    let candidate = candidate();
+    encode::relayed(&mut out, Relay::IceCandidate, SESSION_ID, &alice, Some(candidate));
     group.throughput(Throughput::Bytes(out.len() as u64));
     group.bench_function("relayed_icecandidate", |b| {
         b.iter(|| {
@@ -244,8 +248,8 @@ fn encode_relayed(c: &mut Criterion) {
                 &mut out,
                 Relay::IceCandidate,
                 black_box(SESSION_ID),
-                black_box(r#""alice-7f3a""#),
-                Some(black_box(CANDIDATE.as_bytes())),
+                black_box(&alice),
+                Some(black_box(candidate)),
             );
             black_box(&out);
         })
@@ -256,8 +260,13 @@ fn encode_relayed(c: &mut Criterion) {
 /// A typical relayed message, about 250 bytes.
 fn typical_message() -> Vec<u8> {
     let mut out = Vec::new();
-    encode::relayed(&mut out, Relay::IceCandidate, SESSION_ID, r#""alice-7f3a""#, Some(CANDIDATE.as_bytes()));
+    let alice = EscapedJson::escape("alice-7f3a");
+    encode::relayed(&mut out, Relay::IceCandidate, SESSION_ID, &alice, Some(candidate()));
     out
+}
+
+fn candidate() -> RawJson<'static> {
+    RawJson::validate(CANDIDATE.as_bytes()).unwrap_or_else(|| panic!("CANDIDATE is not JSON"))
 }
 
 /// Appends one masked client text frame carrying `payload`.

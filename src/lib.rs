@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod config;
+mod indexed_enum;
 pub mod metrics;
 pub mod protocol;
 pub mod signaling;

@@ -7,47 +7,35 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::indexed_enum::indexed_enum;
 use crate::protocol::{CommandKind, ErrorCode};
 use crate::signaling::{CoreCounters, CoreStats};
 
-/// Why a connection ended: the `reason` label of `signaling_connections_closed_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client sent a close frame.
-    ClientClose,
-    /// TCP ended without a close frame: reset, EOF, or a failed write.
-    ConnectionLost,
-    LivenessTimeout,
-    MessageTooBig,
-    OutputLimit,
-    /// Held output (client lists included) stayed over `--max-output-soft` too long.
-    OutputSoftLimit,
-    ProtocolError,
-    InvalidUtf8,
-    /// Kept flooding past the rate limit.
-    RateLimit,
-    HandshakeTimeout,
-    /// A plain HTTP request was answered (or refused) and the connection closed.
-    Http,
-    Shutdown,
+indexed_enum! {
+    /// Why a connection ended: the `reason` label of `signaling_connections_closed_total`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum CloseReason {
+        /// The client sent a close frame.
+        ClientClose,
+        /// TCP ended without a close frame: reset, EOF, or a failed write.
+        ConnectionLost,
+        LivenessTimeout,
+        MessageTooBig,
+        OutputLimit,
+        /// Held output (client lists included) stayed over `--max-output-soft` too long.
+        OutputSoftLimit,
+        ProtocolError,
+        InvalidUtf8,
+        /// Kept flooding past the rate limit.
+        RateLimit,
+        HandshakeTimeout,
+        /// A plain HTTP request was answered (or refused) and the connection closed.
+        Http,
+        Shutdown,
+    }
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 12] = [
-        CloseReason::ClientClose,
-        CloseReason::ConnectionLost,
-        CloseReason::LivenessTimeout,
-        CloseReason::MessageTooBig,
-        CloseReason::OutputLimit,
-        CloseReason::OutputSoftLimit,
-        CloseReason::ProtocolError,
-        CloseReason::InvalidUtf8,
-        CloseReason::RateLimit,
-        CloseReason::HandshakeTimeout,
-        CloseReason::Http,
-        CloseReason::Shutdown,
-    ];
-
     pub fn label(self) -> &'static str {
         match self {
             CloseReason::ClientClose => "client_close",
@@ -76,7 +64,7 @@ pub struct Metrics {
     pub connections_accepted: u64,
     /// Refused at accept because `--max-connections` were open.
     pub connections_refused: u64,
-    closed: [u64; CloseReason::ALL.len()],
+    closed: [u64; CloseReason::COUNT],
     turn_buckets: [u64; TURN_BUCKETS.len()],
     turn_count: u64,
     turn_seconds: f64,
@@ -84,7 +72,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn closed(&mut self, reason: CloseReason) {
-        self.closed[reason as usize] += 1;
+        self.closed[reason.index()] += 1;
     }
 
     /// Records the work time of one loop iteration (not the time it slept).
@@ -126,7 +114,7 @@ impl Metrics {
         family(&mut out, "signaling_sessions", "gauge", "Live sessions by state.", Some("state"), sessions);
         let commands = CommandKind::ALL
             .iter()
-            .map(|&kind| (kind.name(), counters.commands[kind as usize]))
+            .map(|&kind| (kind.name(), counters.commands[kind.index()]))
             .chain([("invalid", counters.invalid_messages)]);
         family(
             &mut out,
@@ -160,7 +148,7 @@ impl Metrics {
         ] {
             family(&mut out, name, "counter", help, None, [("", value)]);
         }
-        let closed = CloseReason::ALL.iter().map(|&reason| (reason.label(), self.closed[reason as usize]));
+        let closed = CloseReason::ALL.iter().map(|&reason| (reason.label(), self.closed[reason.index()]));
         family(
             &mut out,
             "signaling_connections_closed_total",

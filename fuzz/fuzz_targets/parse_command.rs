@@ -68,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(kind, expected);
             check_id(session_id, field("sessionId"));
             match (action.payload_field(), payload) {
-                (Some(name), Some(payload)) => check_raw(data, payload, field(name)),
+                (Some(name), Some(payload)) => check_raw(data, payload.as_bytes(), field(name)),
                 (None, None) => {}
                 (name, payload) => panic!("{action:?}: field {name:?} but payload {payload:?}"),
             }
@@ -79,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(!notify_type.is_empty() && notify_type.trim() == notify_type, "type {notify_type:?}");
             check_text(notify_type, field("type"));
             if let Some(raw) = notify_data {
-                check_raw(data, raw, field("data"));
+                check_raw(data, raw.as_bytes(), field("data"));
             }
         }
     }

@@ -1,123 +1,99 @@
 //! Server messages as JSON text. Every function appends one complete message to `out`;
-//! callers pass ids that are already JSON strings (quoted and escaped once, when the client
+//! callers pass sIds that are already JSON strings (quoted and escaped once, when the client
 //! registered), so composing a relayed message is plain concatenation.
 
-use super::Relay;
-
-/// Appends `text` as a JSON string literal.
-pub fn json_string(out: &mut Vec<u8>, text: &str) {
-    out.push(b'"');
-    let bytes = text.as_bytes();
-    // Most strings (ids, session ids) need no escaping: one pass the compiler vectorises.
-    if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    let mut clean_from = 0;
-    for (at, &byte) in bytes.iter().enumerate() {
-        let escape: &[u8] = match byte {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[clean_from..at]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(byte >> 4)]);
-            out.push(HEX[usize::from(byte & 0xf)]);
-        } else {
-            out.extend_from_slice(escape);
-        }
-        clean_from = at + 1;
-    }
-    out.extend_from_slice(&bytes[clean_from..]);
-    out.push(b'"');
-}
+use super::json::json_string;
+use super::{ClientState, EscapedJson, RawJson, Relay, SessionId, SessionState};
 
 /// `{"cmd":"sId","sId":…}`, the reply to a registration.
-pub fn registered(out: &mut Vec<u8>, sid_json: &str) {
+pub fn registered(out: &mut Vec<u8>, sid: &EscapedJson) {
     out.extend_from_slice(br#"{"cmd":"sId","sId":"#);
-    out.extend_from_slice(sid_json.as_bytes());
+    out.extend_from_slice(sid.as_str().as_bytes());
     out.push(b'}');
 }
 
 /// `{"cmd":"session","sessionId":…}`, the reply to the client that opened a session.
-pub fn session_opened(out: &mut Vec<u8>, session_id: &str) {
+pub fn session_opened(out: &mut Vec<u8>, session: SessionId) {
     out.extend_from_slice(br#"{"cmd":"session","sessionId":"#);
-    json_string(out, session_id);
+    session_id(out, session);
     out.push(b'}');
 }
 
 /// `{"cmd":"ssu","sessionId":…,"state":N}`.
-pub fn session_state(out: &mut Vec<u8>, session_id: &str, state: u8) {
+pub fn session_state(out: &mut Vec<u8>, session: SessionId, state: SessionState) {
     out.extend_from_slice(br#"{"cmd":"ssu","sessionId":"#);
-    json_string(out, session_id);
+    session_id(out, session);
     out.extend_from_slice(br#","state":"#);
-    push_small_number(out, state);
+    push_small_number(out, state.code());
     out.push(b'}');
 }
 
 /// A relayed session command, carrying exactly the fields PROTOCOL.md lists.
-pub fn relayed(out: &mut Vec<u8>, action: Relay, session_id: &str, from_json: &str, payload: Option<&[u8]>) {
+pub fn relayed(
+    out: &mut Vec<u8>,
+    action: Relay,
+    session: SessionId,
+    from: &EscapedJson,
+    payload: Option<RawJson<'_>>,
+) {
     out.extend_from_slice(br#"{"cmd":""#);
     out.extend_from_slice(action.cmd().as_bytes());
     out.extend_from_slice(br#"","sessionId":"#);
-    json_string(out, session_id);
+    session_id(out, session);
     out.extend_from_slice(br#","opponentId":"#);
-    out.extend_from_slice(from_json.as_bytes());
+    out.extend_from_slice(from.as_str().as_bytes());
     if let (Some(field), Some(payload)) = (action.payload_field(), payload) {
         out.extend_from_slice(b",\"");
         out.extend_from_slice(field.as_bytes());
         out.extend_from_slice(b"\":");
-        out.extend_from_slice(payload);
+        out.extend_from_slice(payload.as_bytes());
     }
     out.push(b'}');
 }
 
 /// `{"cmd":"notify","opponentId":…,"type":…}` with `data` when the sender gave one.
-pub fn notification(out: &mut Vec<u8>, from_json: &str, notify_type: &str, data: Option<&[u8]>) {
+pub fn notification(out: &mut Vec<u8>, from: &EscapedJson, notify_type: &str, data: Option<RawJson<'_>>) {
     out.extend_from_slice(br#"{"cmd":"notify","opponentId":"#);
-    out.extend_from_slice(from_json.as_bytes());
+    out.extend_from_slice(from.as_str().as_bytes());
     out.extend_from_slice(br#","type":"#);
     json_string(out, notify_type);
     if let Some(data) = data {
         out.extend_from_slice(br#","data":"#);
-        out.extend_from_slice(data);
+        out.extend_from_slice(data.as_bytes());
     }
     out.push(b'}');
 }
 
 /// `{"cmd":"leave","sessionId":…,"opponentId":…}`.
-pub fn left(out: &mut Vec<u8>, session_id: &str, gone_json: &str) {
+pub fn left(out: &mut Vec<u8>, session: SessionId, gone: &EscapedJson) {
     out.extend_from_slice(br#"{"cmd":"leave","sessionId":"#);
-    json_string(out, session_id);
+    session_id(out, session);
     out.extend_from_slice(br#","opponentId":"#);
-    out.extend_from_slice(gone_json.as_bytes());
+    out.extend_from_slice(gone.as_str().as_bytes());
     out.push(b'}');
 }
 
-/// `{"cmd":"clu","list":[{"sId":…,"state":N},…]}` from (sId as JSON, state) pairs.
-pub fn client_list<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a str, u8)>) {
+/// `{"cmd":"clu","list":[{"sId":…,"state":N},…]}` from (sId, state) pairs.
+pub fn client_list<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a EscapedJson, ClientState)>) {
     out.extend_from_slice(br#"{"cmd":"clu","list":["#);
-    for (index, (sid_json, state)) in entries.enumerate() {
+    for (index, (sid, state)) in entries.enumerate() {
         if index > 0 {
             out.push(b',');
         }
         out.extend_from_slice(br#"{"sId":"#);
-        out.extend_from_slice(sid_json.as_bytes());
+        out.extend_from_slice(sid.as_str().as_bytes());
         out.extend_from_slice(br#","state":"#);
-        push_small_number(out, state);
+        push_small_number(out, state.code());
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
+}
+
+/// A session id as a JSON string: hex digits never need escaping.
+fn session_id(out: &mut Vec<u8>, session: SessionId) {
+    out.push(b'"');
+    out.extend_from_slice(&session.hex_digits());
+    out.push(b'"');
 }
 
 fn push_small_number(out: &mut Vec<u8>, n: u8) {
@@ -139,35 +115,26 @@ mod tests {
         simd_json::to_owned_value(&mut bytes.to_vec()).expect("encoder output is JSON")
     }
 
-    fn quoted(text: &str) -> String {
-        let mut out = Vec::new();
-        json_string(&mut out, text);
-        String::from_utf8(out).expect("utf-8")
+    fn raw(bytes: &[u8]) -> Option<RawJson<'_>> {
+        Some(RawJson::validate(bytes).expect("the test's payload is JSON"))
     }
 
-    #[test]
-    fn strings_round_trip_through_a_json_parser() {
-        for text in ["", "alice", "quote\"back\\slash", "\n\r\t\u{8}\u{c}\u{1}\u{1f}", "é漢字🙂", "</script>"]
-        {
-            let mut out = br#"{"s":"#.to_vec();
-            out.extend_from_slice(quoted(text).as_bytes());
-            out.push(b'}');
-            assert_eq!(as_json(&out).get_str("s"), Some(text));
-        }
-        assert_eq!(quoted("\u{1}"), "\"\\u0001\"");
+    fn quoted(text: &str) -> EscapedJson {
+        EscapedJson::escape(text)
     }
 
     #[test]
     fn relayed_messages_splice_the_payload() {
         let mut out = Vec::new();
-        relayed(&mut out, Relay::Call, "abc", &quoted("al\"ice"), Some(br#"{"sdp":"v=0\r\n"}"#));
+        let session = SessionId::new(0xabc);
+        relayed(&mut out, Relay::Call, session, &quoted("al\"ice"), raw(br#"{"sdp":"v=0\r\n"}"#));
         assert_eq!(
             std::str::from_utf8(&out).expect("utf-8"),
-            r#"{"cmd":"call","sessionId":"abc","opponentId":"al\"ice","offer":{"sdp":"v=0\r\n"}}"#
+            r#"{"cmd":"call","sessionId":"0000000000000abc","opponentId":"al\"ice","offer":{"sdp":"v=0\r\n"}}"#
         );
         out.clear();
-        relayed(&mut out, Relay::Stop, "abc", &quoted("bob"), None);
-        assert_eq!(out, br#"{"cmd":"stop","sessionId":"abc","opponentId":"bob"}"#);
+        relayed(&mut out, Relay::Stop, session, &quoted("bob"), None);
+        assert_eq!(out, br#"{"cmd":"stop","sessionId":"0000000000000abc","opponentId":"bob"}"#);
     }
 
     #[test]
@@ -177,19 +144,23 @@ mod tests {
         registered(&mut out, &alice);
         assert_eq!(as_json(&out).get_str("sId"), Some("alice"));
         out.clear();
-        session_opened(&mut out, "00ff");
-        assert_eq!(as_json(&out).get_str("sessionId"), Some("00ff"));
+        let session = SessionId::new(0xff);
+        session_opened(&mut out, session);
+        assert_eq!(as_json(&out).get_str("sessionId"), Some("00000000000000ff"));
         out.clear();
-        session_state(&mut out, "00ff", 4);
+        session_state(&mut out, session, SessionState::Closed);
         assert_eq!(as_json(&out).get_u64("state"), Some(4));
         out.clear();
-        notification(&mut out, &alice, "ri\"ng", Some(b"[null]"));
+        notification(&mut out, &alice, "ri\"ng", raw(b"[null]"));
         assert_eq!(as_json(&out).get_str("type"), Some("ri\"ng"));
         out.clear();
-        left(&mut out, "00ff", &alice);
+        left(&mut out, session, &alice);
         assert_eq!(as_json(&out).get_str("opponentId"), Some("alice"));
         out.clear();
-        client_list(&mut out, [(alice.as_str(), 1), ("\"b\"", 2)].into_iter());
+        client_list(
+            &mut out,
+            [(&alice, ClientState::Wait), (&quoted("b"), ClientState::Calling)].into_iter(),
+        );
         assert_eq!(out, br#"{"cmd":"clu","list":[{"sId":"alice","state":1},{"sId":"b","state":2}]}"#);
         out.clear();
         client_list(&mut out, std::iter::empty());

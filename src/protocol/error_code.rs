@@ -1,56 +1,35 @@
 //! The error codes of PROTOCOL.md and the fixed `error` message each one sends.
 
-/// Every error a client can receive. The numeric value is the wire code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum ErrorCode {
-    InvalidJson = 9000,
-    BadShape = 9001,
-    UnknownCommand = 9002,
-    InvalidField = 9003,
-    NotRegistered = 9100,
-    AlreadyRegistered = 9101,
-    SidTaken = 9102,
-    SidNotAllowed = 9103,
-    SessionWithSelf = 9200,
-    OpponentNotFound = 9201,
-    AlreadyInSession = 9202,
-    OpponentBusy = 9203,
-    SessionNotFound = 9204,
-    NotifySelf = 9300,
-    NotifyTargetNotFound = 9301,
-    OpponentGone = 9401,
-    RateLimited = 9500,
+use crate::indexed_enum::indexed_enum;
+
+indexed_enum! {
+    /// Every error a client can receive. The numeric value is the wire code.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[repr(u16)]
+    pub enum ErrorCode {
+        InvalidJson = 9000,
+        BadShape = 9001,
+        UnknownCommand = 9002,
+        InvalidField = 9003,
+        NotRegistered = 9100,
+        AlreadyRegistered = 9101,
+        SidTaken = 9102,
+        SidNotAllowed = 9103,
+        SessionWithSelf = 9200,
+        OpponentNotFound = 9201,
+        AlreadyInSession = 9202,
+        OpponentBusy = 9203,
+        SessionNotFound = 9204,
+        NotifySelf = 9300,
+        NotifyTargetNotFound = 9301,
+        OpponentGone = 9401,
+        RateLimited = 9500,
+    }
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
-        ErrorCode::InvalidJson,
-        ErrorCode::BadShape,
-        ErrorCode::UnknownCommand,
-        ErrorCode::InvalidField,
-        ErrorCode::NotRegistered,
-        ErrorCode::AlreadyRegistered,
-        ErrorCode::SidTaken,
-        ErrorCode::SidNotAllowed,
-        ErrorCode::SessionWithSelf,
-        ErrorCode::OpponentNotFound,
-        ErrorCode::AlreadyInSession,
-        ErrorCode::OpponentBusy,
-        ErrorCode::SessionNotFound,
-        ErrorCode::NotifySelf,
-        ErrorCode::NotifyTargetNotFound,
-        ErrorCode::OpponentGone,
-        ErrorCode::RateLimited,
-    ];
-
     pub fn code(self) -> u16 {
         self as u16
-    }
-
-    /// Position in [`ErrorCode::ALL`], for per-code counters.
-    pub fn index(self) -> usize {
-        ErrorCode::ALL.iter().position(|&code| code == self).unwrap_or(0)
     }
 
     /// The complete `error` message for this code. Errors never carry client data, so each

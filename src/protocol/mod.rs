@@ -5,7 +5,13 @@
 
 pub mod encode;
 mod error_code;
+mod json;
 mod parse;
+mod session_id;
+mod state;
 
 pub use error_code::ErrorCode;
+pub use json::{EscapedJson, RawJson};
 pub use parse::{Command, CommandKind, MAX_ID_BYTES, Parser, Relay, Request};
+pub use session_id::{SessionId, SessionIdText};
+pub use state::{ClientState, SessionState};

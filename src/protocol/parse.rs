@@ -11,37 +11,28 @@ use std::borrow::Cow;
 
 use simd_json::{Buffers, INPUT_PADDING, Node, StaticNode, Tape};
 
-use super::ErrorCode;
+use super::{ErrorCode, RawJson};
+use crate::indexed_enum::indexed_enum;
 
 /// Ids (`sId`, `opponentId`, `sessionId`) longer than this after trimming get 9003.
 pub const MAX_ID_BYTES: usize = 64;
 
-/// The eight client commands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CommandKind {
-    Register,
-    Session,
-    Call,
-    Accept,
-    IceCandidate,
-    Reject,
-    Stop,
-    Notify,
+indexed_enum! {
+    /// The eight client commands.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum CommandKind {
+        Register,
+        Session,
+        Call,
+        Accept,
+        IceCandidate,
+        Reject,
+        Stop,
+        Notify,
+    }
 }
 
 impl CommandKind {
-    /// Every kind, in the order of their discriminants.
-    pub const ALL: [CommandKind; 8] = [
-        CommandKind::Register,
-        CommandKind::Session,
-        CommandKind::Call,
-        CommandKind::Accept,
-        CommandKind::IceCandidate,
-        CommandKind::Reject,
-        CommandKind::Stop,
-        CommandKind::Notify,
-    ];
-
     fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "sId" => CommandKind::Register,
@@ -115,14 +106,14 @@ pub enum Command<'a> {
     Relay {
         action: Relay,
         session_id: &'a str,
-        /// Raw JSON of `offer` / `answer` / `icecandidate`; `None` for reject and stop.
-        payload: Option<&'a [u8]>,
+        /// `offer` / `answer` / `icecandidate`; `None` for reject and stop.
+        payload: Option<RawJson<'a>>,
     },
     Notify {
         opponent_id: &'a str,
         notify_type: &'a str,
-        /// Raw JSON of the optional `data`.
-        data: Option<&'a [u8]>,
+        /// The optional `data`.
+        data: Option<RawJson<'a>>,
     },
 }
 
@@ -147,10 +138,10 @@ pub struct Request<'a> {
     opponent_id: Scalar<'a>,
     session_id: Scalar<'a>,
     notify_type: Scalar<'a>,
-    offer: Option<&'a [u8]>,
-    answer: Option<&'a [u8]>,
-    icecandidate: Option<&'a [u8]>,
-    data: Option<&'a [u8]>,
+    offer: Option<RawJson<'a>>,
+    answer: Option<RawJson<'a>>,
+    icecandidate: Option<RawJson<'a>>,
+    data: Option<RawJson<'a>>,
 }
 
 impl Request<'_> {
@@ -184,7 +175,7 @@ impl Request<'_> {
 }
 
 impl Request<'_> {
-    fn relay<'s>(&'s self, action: Relay, payload: Option<&'s [u8]>) -> Result<Command<'s>, ErrorCode> {
+    fn relay<'s>(&'s self, action: Relay, payload: Option<RawJson<'s>>) -> Result<Command<'s>, ErrorCode> {
         if action.payload_field().is_some() && payload.is_none() {
             return Err(ErrorCode::InvalidField);
         }
@@ -305,7 +296,7 @@ struct MemberSpans<'s, 'a> {
 }
 
 impl<'a> MemberSpans<'_, 'a> {
-    fn next_value(&mut self) -> Option<&'a [u8]> {
+    fn next_value(&mut self) -> Option<RawJson<'a>> {
         // structurals[next] is the key, next + 1 the ':', next + 2 the value's first byte.
         let start = *self.structurals.get(self.next + 2)? as usize;
         let mut depth = 0usize;
@@ -322,7 +313,7 @@ impl<'a> MemberSpans<'_, 'a> {
             at += 1;
         };
         self.next = at + 1;
-        Some(self.raw.get(start..end)?.trim_ascii_end())
+        Some(RawJson::from_validated(self.raw.get(start..end)?.trim_ascii_end()))
     }
 }
 
@@ -340,7 +331,9 @@ mod tests {
 
     fn leak(command: Command<'_>) -> Command<'static> {
         let s = |t: &str| -> &'static str { Box::leak(t.to_owned().into_boxed_str()) };
-        let b = |t: &[u8]| -> &'static [u8] { Box::leak(t.to_vec().into_boxed_slice()) };
+        let b = |t: RawJson<'_>| -> RawJson<'static> {
+            RawJson::from_validated(Box::leak(t.as_bytes().to_vec().into_boxed_slice()))
+        };
         match command {
             Command::Register { sid } => Command::Register { sid: s(sid) },
             Command::Session { opponent_id } => Command::Session { opponent_id: s(opponent_id) },
@@ -353,6 +346,10 @@ mod tests {
                 data: data.map(b),
             },
         }
+    }
+
+    fn raw(bytes: &[u8]) -> Option<RawJson<'_>> {
+        Some(RawJson::validate(bytes).expect("the test's payload is JSON"))
     }
 
     fn kind_error(json: &[u8]) -> ErrorCode {
@@ -491,21 +488,17 @@ mod tests {
             );
             assert_eq!(
                 parse(&json),
-                Ok(Command::Relay {
-                    action: Relay::Call,
-                    session_id: "s",
-                    payload: Some(relayed.as_bytes())
-                }),
+                Ok(Command::Relay { action: Relay::Call, session_id: "s", payload: raw(relayed.as_bytes()) }),
                 "{sent}"
             );
         }
         assert_eq!(
             parse(r#"{"cmd":"icecandidate","sessionId":"s","icecandidate":null}"#),
-            Ok(Command::Relay { action: Relay::IceCandidate, session_id: "s", payload: Some(b"null") })
+            Ok(Command::Relay { action: Relay::IceCandidate, session_id: "s", payload: raw(b"null") })
         );
         assert_eq!(
             parse(r#"{"data":{"k":[1]},"cmd":"notify","opponentId":7,"type":"ring"}"#),
-            Ok(Command::Notify { opponent_id: "7", notify_type: "ring", data: Some(b"{\"k\":[1]}") })
+            Ok(Command::Notify { opponent_id: "7", notify_type: "ring", data: raw(b"{\"k\":[1]}") })
         );
         assert_eq!(
             parse(r#"{"cmd":"notify","opponentId":"b","type":"ring"}"#),

@@ -30,14 +30,14 @@ use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::time::Instant;
 
+pub use crate::protocol::SessionState;
 pub use client_list::ClientListPacing;
 pub use outbox::{ConnId, Delivery, ListDelivery, MemoryOutbox, Outbox};
-pub use sessions::{SessionState, format_session_id, parse_session_id};
 
-use crate::protocol::{Command, CommandKind, ErrorCode, Parser, Relay, encode};
+use crate::protocol::{Command, CommandKind, ErrorCode, Parser, RawJson, Relay, SessionId, encode};
 use client_list::ClientList;
 use registry::Registry;
-use sessions::{SessionKey, Sessions};
+use sessions::Sessions;
 
 /// The core's state in numbers (the transport exports them as metrics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,12 +54,12 @@ pub struct CoreStats {
 /// What the core has been asked and has answered, since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CoreCounters {
-    /// Messages that passed checks 1-3, by [`CommandKind`] (as its index).
-    pub commands: [u64; CommandKind::ALL.len()],
+    /// Messages that passed checks 1-3, indexed by [`CommandKind::index`].
+    pub commands: [u64; CommandKind::COUNT],
     /// Messages that failed checks 1-3 (not JSON, wrong shape, unknown command).
     pub invalid_messages: u64,
-    /// `error` messages sent, indexed like [`ErrorCode::ALL`].
-    pub errors: [u64; ErrorCode::ALL.len()],
+    /// `error` messages sent, indexed by [`ErrorCode::index`] (the order of [`ErrorCode::ALL`]).
+    pub errors: [u64; ErrorCode::COUNT],
 }
 
 pub struct Signaling {
@@ -169,7 +169,7 @@ impl Signaling {
         let mut parser = self.parser.take().unwrap_or_default();
         let result = match parser.parse(raw) {
             Ok(request) => {
-                self.counters.commands[request.kind as usize] += 1;
+                self.counters.commands[request.kind.index()] += 1;
                 if request.kind != CommandKind::Register && self.registry.get(from).is_none() {
                     Err(ErrorCode::NotRegistered)
                 } else {
@@ -270,9 +270,8 @@ impl Signaling {
                 client.session = Some(key);
             }
         }
-        let session_id = format_session_id(key);
         self.scratch.clear();
-        encode::session_opened(&mut self.scratch, session_id.as_str());
+        encode::session_opened(&mut self.scratch, key);
         out.send(from, &self.scratch);
         self.announce_state(key, [from, opponent], SessionState::New, out);
         self.client_list.changed(now, self.registry.len());
@@ -284,11 +283,11 @@ impl Signaling {
         from: ConnId,
         action: Relay,
         session_id: &str,
-        payload: Option<&[u8]>,
+        payload: Option<RawJson<'_>>,
         now: Instant,
         out: &mut dyn Outbox,
     ) -> Result<(), ErrorCode> {
-        let key = parse_session_id(session_id).ok_or(ErrorCode::SessionNotFound)?;
+        let key = SessionId::parse(session_id).ok_or(ErrorCode::SessionNotFound)?;
         let session = self.sessions.get(key).ok_or(ErrorCode::SessionNotFound)?;
         let opponent = session.opponent_of(from).ok_or(ErrorCode::SessionNotFound)?;
         let members = session.members;
@@ -296,7 +295,7 @@ impl Signaling {
         let sender = self.registry.get(from).ok_or(ErrorCode::NotRegistered)?;
 
         self.scratch.clear();
-        encode::relayed(&mut self.scratch, action, session_id, &sender.sid_json, payload);
+        encode::relayed(&mut self.scratch, action, key, &sender.sid_json, payload);
         if out.send(opponent, &self.scratch) != Delivery::Queued {
             self.send_error(from, ErrorCode::OpponentGone, out);
             self.close_session(key, members, now, out);
@@ -325,7 +324,7 @@ impl Signaling {
         from: ConnId,
         opponent_id: &str,
         notify_type: &str,
-        data: Option<&[u8]>,
+        data: Option<RawJson<'_>>,
         out: &mut dyn Outbox,
     ) -> Result<(), ErrorCode> {
         let me = self.registry.get(from).ok_or(ErrorCode::NotRegistered)?;
@@ -350,12 +349,11 @@ impl Signaling {
             && let Some(session) = self.sessions.remove(key)
             && let Some(opponent) = session.opponent_of(conn)
         {
-            let session_id = format_session_id(key);
             self.scratch.clear();
-            encode::left(&mut self.scratch, session_id.as_str(), &client.sid_json);
+            encode::left(&mut self.scratch, key, &client.sid_json);
             out.send(opponent, &self.scratch);
             self.scratch.clear();
-            encode::session_state(&mut self.scratch, session_id.as_str(), SessionState::Closed as u8);
+            encode::session_state(&mut self.scratch, key, SessionState::Closed);
             out.send(opponent, &self.scratch);
             if let Some(opponent) = self.registry.get_mut(opponent) {
                 opponent.session = None;
@@ -364,7 +362,7 @@ impl Signaling {
         self.client_list.changed(now, self.registry.len());
     }
 
-    fn close_session(&mut self, key: SessionKey, members: [ConnId; 2], now: Instant, out: &mut dyn Outbox) {
+    fn close_session(&mut self, key: SessionId, members: [ConnId; 2], now: Instant, out: &mut dyn Outbox) {
         self.sessions.remove(key);
         for member in members {
             if let Some(client) = self.registry.get_mut(member) {
@@ -377,13 +375,13 @@ impl Signaling {
 
     fn announce_state(
         &mut self,
-        key: SessionKey,
+        key: SessionId,
         members: [ConnId; 2],
         state: SessionState,
         out: &mut dyn Outbox,
     ) {
         self.scratch.clear();
-        encode::session_state(&mut self.scratch, format_session_id(key).as_str(), state as u8);
+        encode::session_state(&mut self.scratch, key, state);
         for member in members {
             out.send(member, &self.scratch);
         }
@@ -409,7 +407,7 @@ impl Signaling {
             list.scratch.clear();
             encode::client_list(
                 &mut list.scratch,
-                self.registry.clients().map(|client| (&*client.sid_json, client.state())),
+                self.registry.clients().map(|client| (&client.sid_json, client.state())),
             );
             list.encoded = Rc::from(list.scratch.as_slice());
             list.encoded_version = Some(list.version);

@@ -6,25 +6,23 @@ use std::ops::ControlFlow;
 use std::rc::Rc;
 
 use super::ConnId;
-use super::sessions::SessionKey;
-use crate::protocol::encode;
+use crate::protocol::{ClientState, EscapedJson, SessionId};
 
 pub(crate) struct Client {
     generation: u32,
     /// Shared with the `by_sid` key: one allocation per client, not two.
     pub sid: Rc<str>,
     /// The sId as a JSON string literal, escaped once here instead of in every message.
-    pub sid_json: Box<str>,
+    pub sid_json: EscapedJson,
     order: u64,
-    pub session: Option<SessionKey>,
+    pub session: Option<SessionId>,
     /// The client-list version this client was last given.
     pub list_seen: u64,
 }
 
 impl Client {
-    /// PROTOCOL.md's client state: 1 WAIT, 2 CALLING.
-    pub fn state(&self) -> u8 {
-        if self.session.is_some() { 2 } else { 1 }
+    pub fn state(&self) -> ClientState {
+        if self.session.is_some() { ClientState::Calling } else { ClientState::Wait }
     }
 }
 
@@ -57,8 +55,7 @@ impl Registry {
 
     /// Registers `conn` as `sid`; the caller has checked that neither is taken.
     pub fn insert(&mut self, conn: ConnId, sid: &str) -> &Client {
-        let mut sid_json = Vec::with_capacity(sid.len() + 2);
-        encode::json_string(&mut sid_json, sid);
+        let sid_json = EscapedJson::escape(sid);
         let order = self.next_order;
         self.next_order += 1;
         self.order.insert(order, conn);
@@ -71,7 +68,7 @@ impl Registry {
         slot.insert(Client {
             generation: conn.generation(),
             sid,
-            sid_json: String::from_utf8_lossy(&sid_json).into(),
+            sid_json,
             order,
             session: None,
             list_seen: 0,

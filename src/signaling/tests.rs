@@ -14,7 +14,7 @@ use simd_json::OwnedValue;
 use simd_json::prelude::*;
 
 use super::*;
-use crate::protocol::{ErrorCode, Relay};
+use crate::protocol::{ErrorCode, Relay, SessionId};
 
 // ---------------------------------------------------------------------------------------
 // Fixtures
@@ -173,8 +173,8 @@ fn assert_sent(actual: &[(ConnId, String)], expected: &[(ConnId, String)]) {
 /// session), sessions with their members and state, and the client-list version.
 #[derive(Clone, Debug, PartialEq)]
 struct Snapshot {
-    clients: Vec<(ConnId, String, Option<u64>)>,
-    sessions: BTreeMap<u64, ([ConnId; 2], SessionState)>,
+    clients: Vec<(ConnId, String, Option<SessionId>)>,
+    sessions: BTreeMap<SessionId, ([ConnId; 2], SessionState)>,
     list_version: u64,
 }
 
@@ -191,7 +191,7 @@ impl Snapshot {
         }
     }
 
-    fn client(&self, conn: ConnId) -> Option<&(ConnId, String, Option<u64>)> {
+    fn client(&self, conn: ConnId) -> Option<&(ConnId, String, Option<SessionId>)> {
         self.clients.iter().find(|client| client.0 == conn)
     }
 
@@ -199,11 +199,11 @@ impl Snapshot {
         self.clients.iter().find(|client| client.1 == sid).map(|client| client.0)
     }
 
-    fn session_of(&self, conn: ConnId) -> Option<u64> {
+    fn session_of(&self, conn: ConnId) -> Option<SessionId> {
         self.client(conn).and_then(|client| client.2)
     }
 
-    fn set_session(&mut self, conn: ConnId, session: Option<u64>) {
+    fn set_session(&mut self, conn: ConnId, session: Option<SessionId>) {
         for client in &mut self.clients {
             if client.0 == conn {
                 client.2 = session;
@@ -525,7 +525,8 @@ fn unknown_foreign_closed_and_malformed_session_ids_all_give_the_same_9204() {
     net.register(dave(), "dave");
     let s = net.open(alice(), "bob");
     let other = net.open(carol(), "dave");
-    let key = parse_session_id(&s).expect("the core's own id parses");
+    assert!(SessionId::parse(&s).is_some(), "the core's own id parses");
+    let bits = u64::from_str_radix(&s, 16).expect("hex");
     let malformed = [
         s.to_uppercase(),
         s[..15].to_owned(),
@@ -539,8 +540,8 @@ fn unknown_foreign_closed_and_malformed_session_ids_all_give_the_same_9204() {
     for action in ACTIONS {
         let payload = action.payload_field().map(|_| "{}");
         // Unknown, but well-formed, ids.
-        for unknown in [key.wrapping_add(1), key ^ (1 << 63), 0, u64::MAX] {
-            let id = format_session_id(unknown);
+        for unknown in [bits.wrapping_add(1), bits ^ (1 << 63), 0, u64::MAX] {
+            let id = SessionId::new(unknown).text();
             if id.as_str() != other {
                 net.error(alice(), &relay_msg(action, id.as_str(), payload), ErrorCode::SessionNotFound);
             }
@@ -668,7 +669,7 @@ fn a_departed_clients_sid_is_free_at_once() {
     assert_eq!(net.core.stats().registered, 3);
     // The new bob is a WAIT client like any other, listed last.
     let s = net.open(alice(), "bob");
-    assert_eq!(net.snapshot().session_of(dave()), parse_session_id(&s));
+    assert_eq!(net.snapshot().session_of(dave()), SessionId::parse(&s));
     let lists = net.lists();
     assert_eq!(lists[&carol()], vec![entries(&[("alice", 2), ("carol", 1), ("bob", 2)])]);
 }
@@ -697,9 +698,10 @@ fn a_session_is_announced_to_both_and_makes_both_calling() {
     assert_eq!(json(&sent[1].1).get_u64("state"), Some(1));
     let snap = net.snapshot();
     assert_eq!(snap.sessions.len(), 1);
-    assert_eq!(snap.sessions[&0x0123_4567_89ab_cdef], ([alice(), bob()], SessionState::New));
-    assert_eq!(snap.session_of(alice()), Some(0x0123_4567_89ab_cdef));
-    assert_eq!(snap.session_of(bob()), Some(0x0123_4567_89ab_cdef));
+    let key = SessionId::new(0x0123_4567_89ab_cdef);
+    assert_eq!(snap.sessions[&key], ([alice(), bob()], SessionState::New));
+    assert_eq!(snap.session_of(alice()), Some(key));
+    assert_eq!(snap.session_of(bob()), Some(key));
     assert_eq!(net.core.stats().sessions, 1);
     // CALLING clients get no clu; the WAIT one sees both as CALLING.
     let lists = net.lists();
@@ -745,7 +747,7 @@ fn the_default_core_draws_ids_from_the_operating_system() {
     let first = net.open(alice(), "bob");
     let second = net.open(carol(), "dave");
     for s in [&first, &second] {
-        assert!(parse_session_id(s).is_some(), "{s}");
+        assert!(SessionId::parse(s).is_some(), "{s}");
     }
     assert_ne!(first, second);
 }
@@ -761,8 +763,8 @@ fn a_colliding_session_id_is_drawn_again() {
     assert_eq!(net.open(carol(), "dave"), "0000000000000006");
     assert_eq!(draws.get(), 4, "5 was drawn twice more and refused");
     let snap = net.snapshot();
-    assert_eq!(snap.sessions[&5].0, [alice(), bob()]);
-    assert_eq!(snap.sessions[&6].0, [carol(), dave()]);
+    assert_eq!(snap.sessions[&SessionId::new(5)].0, [alice(), bob()]);
+    assert_eq!(snap.sessions[&SessionId::new(6)].0, [carol(), dave()]);
     // Each session still reaches only its own members.
     let sent = net.send(dave(), &relay_msg(Relay::Call, "0000000000000006", Some("1")));
     assert_sent(
@@ -784,7 +786,7 @@ fn after_a_session_closes_both_can_open_new_ones() {
     assert_ne!(first, second);
     net.send(alice(), &relay_msg(Relay::Reject, &second, None));
     let third = net.open(carol(), "alice");
-    assert_eq!(net.snapshot().session_of(carol()), parse_session_id(&third));
+    assert_eq!(net.snapshot().session_of(carol()), SessionId::parse(&third));
     net.error(bob(), &relay_msg(Relay::Stop, &third, None), ErrorCode::SessionNotFound);
 }
 
@@ -876,7 +878,7 @@ fn state_updates_follow_the_relay_and_only_on_real_changes() {
         }
         assert_sent(&sent, &expected);
     };
-    let state = |net: &Net| net.snapshot().sessions.get(&parse_session_id(&s).expect("id")).map(|s| s.1);
+    let state = |net: &Net| net.snapshot().sessions.get(&SessionId::parse(&s).expect("id")).map(|s| s.1);
     step(&mut net, alice(), Relay::IceCandidate, None);
     assert_eq!(state(&net), Some(SessionState::New));
     step(&mut net, alice(), Relay::Call, Some(2));
@@ -1598,7 +1600,7 @@ fn the_250_ms_bound_holds(pacing: ClientListPacing, turn: Duration, seed: u64) {
             } else if roll < 96 && !live.is_empty() {
                 let from = live[rng.below(live.len())];
                 if let Some(key) = core.registry.get(from).and_then(|client| client.session) {
-                    let raw = relay_msg(Relay::Stop, format_session_id(key).as_str(), None);
+                    let raw = relay_msg(Relay::Stop, key.text().as_str(), None);
                     core.handle_message(from, raw.as_bytes(), now, &mut log);
                 }
             } else if !live.is_empty() {
@@ -1802,7 +1804,7 @@ impl Run {
                     Ok(callee) => {
                         let key = self.net.snapshot().session_of(me).expect("the new session");
                         assert!(!pre.sessions.contains_key(&key), "{}: a live id was reused", self.ctx);
-                        let s = format_session_id(key);
+                        let s = key.text();
                         let s = s.as_str();
                         wanted.extend([(me, session_reply(s)), (me, ssu(s, 1)), (callee, ssu(s, 1))]);
                         post.sessions.insert(key, ([me, callee], SessionState::New));
@@ -1816,8 +1818,8 @@ impl Run {
             30..=54 => {
                 let action = ACTIONS[self.rng.below(ACTIONS.len())];
                 let id = match (self.rng.below(10), pre.session_of(me)) {
-                    (0..=5, Some(key)) => format_session_id(key).as_str().to_owned(),
-                    (0..=8, _) => format_session_id(self.rng.next() % 8).as_str().to_owned(),
+                    (0..=5, Some(key)) => key.to_string(),
+                    (0..=8, _) => SessionId::new(self.rng.next() % 8).to_string(),
                     _ => self.pick(&["000000000000000A", "zz", "0"]).to_owned(),
                 };
                 let payload = self.pick(&RANDOM_PAYLOADS);
@@ -1847,7 +1849,7 @@ impl Run {
                             post.set_session(opponent, None);
                             post.list_version += 1;
                         } else if next != state {
-                            wanted.extend(members.map(|m| (m, ssu(&id, next as u8))));
+                            wanted.extend(members.map(|m| (m, ssu(&id, next.code()))));
                             post.sessions.insert(key, (members, next));
                         }
                     }
@@ -1889,7 +1891,7 @@ impl Run {
                     if let Some(key) = *session {
                         let (members, _) = pre.sessions[&key];
                         let opponent = if members[0] == me { members[1] } else { members[0] };
-                        let s = format_session_id(key);
+                        let s = key.text();
                         wanted.extend([(opponent, leave(s.as_str(), sid)), (opponent, ssu(s.as_str(), 4))]);
                         post.sessions.remove(&key);
                         post.set_session(opponent, None);
@@ -1987,11 +1989,11 @@ fn oracle_session(pre: &Snapshot, me: ConnId, target: &str) -> Result<ConnId, Er
     Ok(callee)
 }
 
-type SessionView = (u64, [ConnId; 2], SessionState);
+type SessionView = (SessionId, [ConnId; 2], SessionState);
 
 fn oracle_relay(pre: &Snapshot, me: ConnId, id: &str) -> Result<SessionView, ErrorCode> {
     pre.client(me).ok_or(ErrorCode::NotRegistered)?;
-    let key = parse_session_id(id).ok_or(ErrorCode::SessionNotFound)?;
+    let key = SessionId::parse(id).ok_or(ErrorCode::SessionNotFound)?;
     let &(members, state) = pre.sessions.get(&key).ok_or(ErrorCode::SessionNotFound)?;
     if !members.contains(&me) {
         return Err(ErrorCode::SessionNotFound);
@@ -2077,7 +2079,7 @@ fn mutated_messages_never_panic_and_every_answer_is_json() {
                 assert_eq!(net.snapshot(), before, "an error changed the state: {shown}");
             }
         }
-        if net.snapshot().session_of(alice()) != Some(0x2a) {
+        if net.snapshot().session_of(alice()) != Some(SessionId::new(0x2a)) {
             net = setup();
         }
     }
