@@ -22,6 +22,7 @@ use simd_json::prelude::*;
 
 use crate::cdp::{Browser, Page, find_chromium};
 use crate::harness::Server;
+use crate::tls_client::{Pki, spki_pin};
 
 /// Bound of every single step inside a page; the failure carries the page's event log.
 const PAGE_TIMEOUT_MS: u32 = 20_000;
@@ -66,10 +67,11 @@ fn in_pages<const N: usize>(browser: &mut Browser, scripts: [(&Page, &str); N]) 
     ids.map(|(page, id)| browser.finish_eval(id).unwrap_or_else(|e| panic!("in {}'s page: {e}", page.label)))
 }
 
-/// Opens bob's page (auto-accepting) and alice's, each registering through `?name=`, and
-/// waits for both registrations. `query` is added to both URLs.
-fn alice_and_bob(browser: &mut Browser, server: &Server, query: &str) -> (Page, Page) {
-    let base = format!("http://{}/?loopbackOnly=1&{query}", server.addr);
+/// Opens bob's page (auto-accepting) and alice's from `scheme://` (http or https), each
+/// registering through `?name=`, and waits for both registrations. `query` is added to both
+/// URLs.
+fn alice_and_bob(browser: &mut Browser, server: &Server, scheme: &str, query: &str) -> (Page, Page) {
+    let base = format!("{scheme}://{}/?loopbackOnly=1&{query}", server.addr);
     let bob = browser.open("bob", &format!("{base}&name=bob&autoaccept=1"));
     let alice = browser.open("alice", &format!("{base}&name=alice"));
     let [bob_id, alice_id] = in_pages(browser, [(&bob, "demo.ready"), (&alice, "demo.ready")]);
@@ -120,33 +122,18 @@ fn check_candidates(browser: &mut Browser, alice: &Page, bob: &Page) {
     assert_eq!(addresses(&at_bob, "sent"), addresses(&at_alice, "received"), "bob -> alice");
 }
 
-#[test]
-fn two_browsers_chat_over_a_data_channel_signaled_through_the_server() {
-    let Some(chromium) =
-        chromium_or_skip("two_browsers_chat_over_a_data_channel_signaled_through_the_server")
-    else {
-        return;
-    };
-    let server = Server::start();
-    let mut browser = Browser::launch(&chromium, &[], HARNESS_TIMEOUT);
-    let (alice, bob) = alice_and_bob(&mut browser, &server, "video=0");
-    call_and_connect(&mut browser, &alice, &bob, false);
-
+/// Each side sends a chat message over the data channel and waits for the other's.
+fn chat_both_ways(browser: &mut Browser, alice: &Page, bob: &Page) {
     let (from_alice, from_bob) = ("hello from alice 👋", "hello from bob");
     in_pages(
-        &mut browser,
-        [
-            (&alice, &format!("demo.sendChat('{from_alice}')")),
-            (&bob, &format!("demo.sendChat('{from_bob}')")),
-        ],
+        browser,
+        [(alice, &format!("demo.sendChat('{from_alice}')")), (bob, &format!("demo.sendChat('{from_bob}')"))],
     );
     let received = |from: &str, text: &str| {
         format!("demo.waitFor((s) => s.chat.some((m) => m.from === '{from}' && m.text === '{text}'))")
     };
-    let [at_alice, at_bob] = in_pages(
-        &mut browser,
-        [(&alice, &received("bob", from_bob)), (&bob, &received("alice", from_alice))],
-    );
+    let [at_alice, at_bob] =
+        in_pages(browser, [(alice, &received("bob", from_bob)), (bob, &received("alice", from_alice))]);
     // Each side's chat: its own message (added locally) and the other's (over the channel).
     for (state, mine, theirs) in [(&at_alice, from_alice, from_bob), (&at_bob, from_bob, from_alice)] {
         let chat: Vec<&str> = state
@@ -158,6 +145,21 @@ fn two_browsers_chat_over_a_data_channel_signaled_through_the_server() {
         assert!(chat.contains(&mine) && chat.contains(&theirs) && chat.len() == 2, "{state:?}");
         assert_eq!(state.get("media").and_then(|m| m.get_bool("local")), Some(false), "no camera: {state:?}");
     }
+}
+
+#[test]
+fn two_browsers_chat_over_a_data_channel_signaled_through_the_server() {
+    let Some(chromium) =
+        chromium_or_skip("two_browsers_chat_over_a_data_channel_signaled_through_the_server")
+    else {
+        return;
+    };
+    let server = Server::start();
+    let mut browser = Browser::launch(&chromium, &[], HARNESS_TIMEOUT);
+    let (alice, bob) = alice_and_bob(&mut browser, &server, "http", "video=0");
+    call_and_connect(&mut browser, &alice, &bob, false);
+
+    chat_both_ways(&mut browser, &alice, &bob);
     check_candidates(&mut browser, &alice, &bob);
 }
 
@@ -168,7 +170,7 @@ fn two_browsers_see_each_others_fake_camera() {
     };
     let server = Server::start();
     let mut browser = Browser::launch(&chromium, &["--use-fake-device-for-media-stream"], HARNESS_TIMEOUT);
-    let (alice, bob) = alice_and_bob(&mut browser, &server, "video=1");
+    let (alice, bob) = alice_and_bob(&mut browser, &server, "http", "video=1");
     call_and_connect(&mut browser, &alice, &bob, true);
 
     // The remote <video> decodes frames, knows its size, and its clock moves on.
@@ -194,5 +196,32 @@ fn two_browsers_see_each_others_fake_camera() {
         let local = media.get("first").and_then(|m| m.get_bool("local"));
         assert_eq!(local, Some(true), "{name} sends its own camera: {media:?}");
     }
+    check_candidates(&mut browser, &alice, &bob);
+}
+
+/// The chat test once more over TLS: the page comes from `https://`, so it signals over
+/// `wss://` to the same port. Chromium trusts the test certificate through
+/// `--ignore-certificate-errors-spki-list` (the leaf's key pin; Chromium honours it only
+/// with a `--user-data-dir`, which every launch has), not through a system trust store.
+#[test]
+fn two_browsers_chat_over_https_and_wss() {
+    let Some(chromium) = chromium_or_skip("two_browsers_chat_over_https_and_wss") else {
+        return;
+    };
+    let pki = Pki::new();
+    let leaf = pki.install_new(1);
+    let args = pki.args();
+    let server = Server::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let pin = format!("--ignore-certificate-errors-spki-list={}", spki_pin(&leaf.spki));
+    let mut browser = Browser::launch(&chromium, &[&pin], HARNESS_TIMEOUT);
+    let (alice, bob) = alice_and_bob(&mut browser, &server, "https", "video=0");
+    let over_tls = "({ page: location.protocol, socket: demo.client.socket && demo.client.socket.url })";
+    let wss = format!("wss://{}/", server.addr);
+    for state in in_pages(&mut browser, [(&alice, over_tls), (&bob, over_tls)]) {
+        assert_eq!(state.get_str("page"), Some("https:"), "{state:?}");
+        assert_eq!(state.get_str("socket"), Some(wss.as_str()), "{state:?}");
+    }
+    call_and_connect(&mut browser, &alice, &bob, false);
+    chat_both_ways(&mut browser, &alice, &bob);
     check_candidates(&mut browser, &alice, &bob);
 }
