@@ -81,7 +81,7 @@ impl Connections {
     }
 
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Slot> {
-        self.slab.get_mut(id.index()).filter(|slot| slot.generation == id.generation())
+        slot_mut(&mut self.slab, id)
     }
 
     pub fn ids(&self) -> Vec<ConnId> {
@@ -120,7 +120,7 @@ impl Connections {
     /// Feeds `fresh` to `id`'s machine: its next event.
     pub fn poll_event(&mut self, id: ConnId, fresh: &mut &[u8], policy: &UpgradePolicy<'_>) -> Option<Event> {
         let now = self.now;
-        let slot = self.slab.get_mut(id.index()).filter(|slot| slot.generation == id.generation())?;
+        let slot = slot_mut(&mut self.slab, id)?;
         slot.machine.poll_event(fresh, now, &self.settings, policy)
     }
 
@@ -208,8 +208,8 @@ impl Outbox for Connections {
     }
 }
 
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Slot({}, gen {})", self.peer, self.generation)
-    }
+/// `id`'s slot, if it is still the connection `id` names. A free function, so callers can
+/// hold it next to a borrow of the settings.
+fn slot_mut(slab: &mut Slab<Slot>, id: ConnId) -> Option<&mut Slot> {
+    slab.get_mut(id.index()).filter(|slot| slot.generation == id.generation())
 }

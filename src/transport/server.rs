@@ -327,22 +327,24 @@ impl Server {
                     return;
                 }
             };
+            if !self.admission.admit(peer.ip(), self.conns.slab.len()) {
+                self.conns.metrics.connections_refused += 1;
+                // Best effort: a fresh socket's send buffer takes this small response (in
+                // plain text even on a TLS listener: a refusal costs no handshake).
+                let _ = socket.write(http::SERVICE_UNAVAILABLE);
+                continue;
+            }
             let wire = match &self.tls {
                 None => Wire::Plain,
                 Some(config) => match Wire::tls(Arc::clone(config)) {
                     Ok(wire) => wire,
                     Err(e) => {
                         warn!("cannot start TLS for {peer}: {e}");
+                        self.admission.release(peer.ip());
                         continue;
                     }
                 },
             };
-            if !self.admission.admit(peer.ip(), self.conns.slab.len()) {
-                self.conns.metrics.connections_refused += 1;
-                // Best effort: a fresh socket's send buffer takes this small response.
-                let _ = socket.write(http::SERVICE_UNAVAILABLE);
-                continue;
-            }
             let _ = socket.set_nodelay(true);
             let generation = self.conns.next_generation();
             let entry = self.conns.slab.vacant_entry();

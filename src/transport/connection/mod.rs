@@ -383,7 +383,7 @@ impl Connection {
     /// Runs the timed rules due at `now`: handshake and close deadlines, liveness, output
     /// stall, the soft output limit, and the next ping. Returns the close a rule calls for.
     pub fn handle_timeout(&mut self, now: Instant, settings: &Settings) -> Option<Close> {
-        self.track_output(now, None);
+        self.track_output(now, settings);
         match &mut self.phase {
             Phase::Handshake { deadline, .. } if now >= *deadline => {
                 Some(Close::Drop(CloseReason::HandshakeTimeout))
@@ -450,7 +450,7 @@ impl Connection {
             return Queued::OverLimit;
         }
         self.out.push_text(message);
-        self.track_output(now, Some(settings));
+        self.track_output(now, settings);
         Queued::Yes
     }
 
@@ -467,7 +467,7 @@ impl Connection {
         if !self.out.push_list(list) {
             return ListQueued::Busy;
         }
-        self.track_output(now, Some(settings));
+        self.track_output(now, settings);
         ListQueued::Yes
     }
 
@@ -487,7 +487,7 @@ impl Connection {
         let flush = result?;
         let stalled = flush == Flush::Pending && sent == 0;
         self.stalled_since = if stalled { Some(self.stalled_since.unwrap_or(now)) } else { None };
-        self.track_output(now, Some(settings));
+        self.track_output(now, settings);
         if let Phase::Closing { write_shut, .. } = &mut self.phase
             && flush == Flush::Done
             && !*write_shut
@@ -509,19 +509,12 @@ impl Connection {
         }
     }
 
-    /// Starts or stops the soft-limit clock. `settings` `None`: keep the clock as it is
-    /// unless output has gone (a timeout check has no new output to judge).
-    fn track_output(&mut self, now: Instant, settings: Option<&Settings>) {
-        match settings {
-            Some(settings) if self.out.held() > settings.max_output_soft => {
-                self.over_soft_since.get_or_insert(now);
-            }
-            Some(_) => self.over_soft_since = None,
-            None if self.out.is_empty() => {
-                self.over_soft_since = None;
-                self.stalled_since = None;
-            }
-            None => {}
+    /// Starts or stops the soft-limit clock.
+    fn track_output(&mut self, now: Instant, settings: &Settings) {
+        if self.out.held() > settings.max_output_soft {
+            self.over_soft_since.get_or_insert(now);
+        } else {
+            self.over_soft_since = None;
         }
     }
 }
