@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::Target;
 use crate::fleet::{ClientEvent, Fleet};
 use crate::procfs;
-use crate::report;
+use crate::report::{self, Transport};
 use crate::wire;
 
 #[derive(Clone, Debug)]
@@ -42,6 +42,8 @@ impl Default for IdleOptions {
 
 #[derive(Debug, Serialize)]
 pub struct IdleReport {
+    #[serde(flatten)]
+    pub transport: Transport,
     pub clients: usize,
     pub registered: usize,
     pub failed: u64,
@@ -61,7 +63,7 @@ pub struct IdleReport {
 }
 
 pub fn run(target: &Target, options: &IdleOptions) -> io::Result<IdleReport> {
-    let mut fleet = Fleet::new(target.addr, target.sources.clone())?;
+    let mut fleet = Fleet::new(target)?;
     let rss_before = target.server_pid.and_then(procfs::rss_kib);
     let generator = procfs::CpuMeter::start(std::process::id());
     let server_cpu = target.server_pid.map(procfs::CpuMeter::start);
@@ -134,6 +136,7 @@ pub fn run(target: &Target, options: &IdleOptions) -> io::Result<IdleReport> {
     let rss_after = target.server_pid.and_then(procfs::rss_kib);
     let seconds = all_registered.map_or(0.0, |done| (done - began).as_secs_f64()).max(1e-9);
     Ok(IdleReport {
+        transport: Transport::of(&fleet),
         clients: options.clients,
         registered,
         failed,
@@ -159,6 +162,7 @@ pub fn run(target: &Target, options: &IdleOptions) -> io::Result<IdleReport> {
 pub fn print(report: &IdleReport) {
     let kib = |v: Option<u64>| v.map_or_else(|| "n/a (give --server-pid)".to_owned(), |v| format!("{v} KiB"));
     let rows = vec![
+        ("transport", report.transport.row()),
         (
             "clients",
             format!("{} registered of {} ({} failed)", report.registered, report.clients, report.failed),

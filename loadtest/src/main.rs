@@ -16,7 +16,11 @@ USAGE:
     loadtest [COMMON OPTIONS] relay|idle|churn|soak [MODE OPTIONS]
 
 COMMON OPTIONS:
-    --url URL            Server to test. [default: ws://127.0.0.1:8080/]
+    --url URL            Server to test: ws://HOST:PORT/, or wss://HOST:PORT/ for TLS
+                         (every client of every mode, and soak's /metrics over https).
+                         TLS does NOT verify the server's certificate: the load tester is
+                         for loopback benchmarks against self-signed certificates.
+                         [default: ws://127.0.0.1:8080/]
     --server-pid PID     The server's process id (same machine): adds its CPU time per
                          message and its memory to the report.
     --sources N          Loopback source addresses to spread connections over

@@ -10,7 +10,7 @@ use crate::Target;
 use crate::fleet::Fleet;
 use crate::pairs::Pairs;
 use crate::procfs::CpuMeter;
-use crate::report::{self, Cpu, Latency};
+use crate::report::{self, Cpu, Latency, Transport};
 
 #[derive(Clone, Debug)]
 pub struct RelayOptions {
@@ -41,6 +41,8 @@ impl Default for RelayOptions {
 
 #[derive(Debug, Serialize)]
 pub struct RelayReport {
+    #[serde(flatten)]
+    pub transport: Transport,
     pub pairs: usize,
     pub window: u32,
     pub offered_rate: Option<f64>,
@@ -67,7 +69,7 @@ pub struct RelayReport {
 const DRAIN: Duration = Duration::from_secs(3);
 
 pub fn run(target: &Target, options: &RelayOptions) -> io::Result<RelayReport> {
-    let mut fleet = Fleet::new(target.addr, target.sources.clone())?;
+    let mut fleet = Fleet::new(target)?;
     let prefix = format!("relay{}", std::process::id());
     let mut pairs = Pairs::new(options.pairs, &prefix, options.window, options.payload_bytes);
     let mut events = Vec::new();
@@ -129,6 +131,7 @@ pub fn run(target: &Target, options: &RelayOptions) -> io::Result<RelayReport> {
     let wall_s = wall.as_secs_f64().max(1e-9);
     let (min, median, max) = pairs.fairness();
     Ok(RelayReport {
+        transport: Transport::of(&fleet),
         pairs: options.pairs,
         window: options.window,
         offered_rate: options.rate,
@@ -162,6 +165,7 @@ pub fn print(report: &RelayReport) {
         None => format!("closed loop, window {}", report.window),
     };
     let mut rows = vec![
+        ("transport", report.transport.row()),
         ("pairs", format!("{} ({mode}, {}-byte payloads)", report.pairs, report.payload_bytes)),
         ("setup", format!("{:.2} s", report.setup_seconds)),
         ("measured", format!("{:.2} s", report.measured_seconds)),
