@@ -62,6 +62,8 @@ pub struct Fleet {
     tls: Option<Tls>,
     /// Bytes of text messages received, for reports.
     pub bytes_in: u64,
+    /// Pings received (and answered) by all clients, for reports.
+    pub pings_in: u64,
     /// The TLS version the first client negotiated (`wss://` only), for reports.
     pub tls_version: Option<String>,
     inbox: Inbox,
@@ -84,6 +86,7 @@ impl Fleet {
             next_source: 0,
             tls: target.tls.clone(),
             bytes_in: 0,
+            pings_in: 0,
             tls_version: None,
             inbox: Inbox::new(),
         })
@@ -231,7 +234,8 @@ impl Fleet {
 
     fn read(&mut self, key: usize, events: &mut Vec<(usize, ClientEvent)>) {
         let Some(client) = self.clients.get_mut(key) else { return };
-        if read_client(client, key, &mut self.inbox, &mut self.bytes_in, events)
+        let mut stats = Stats { bytes_in: &mut self.bytes_in, pings_in: &mut self.pings_in };
+        if read_client(client, key, &mut self.inbox, &mut stats, events)
             && self.tls_version.is_none()
             && let Some(version) = client.tls.as_ref().and_then(|tls| tls.protocol_version())
         {
@@ -283,13 +287,19 @@ impl Fleet {
     }
 }
 
+/// Counters a read updates.
+struct Stats<'a> {
+    bytes_in: &'a mut u64,
+    pings_in: &'a mut u64,
+}
+
 /// Reads everything `client` has: the upgrade response, then messages, until the socket
 /// (and the TLS session) would block. Returns whether the upgrade completed in this call.
 fn read_client(
     client: &mut Client,
     key: usize,
     inbox: &mut Inbox,
-    bytes_in: &mut u64,
+    stats: &mut Stats<'_>,
     events: &mut Vec<(usize, ClientEvent)>,
 ) -> bool {
     // Every loop below reads until WouldBlock, which the inbox only reports once it is
@@ -353,7 +363,7 @@ fn read_client(
         drained = io.drained;
         match result {
             Ok(Message::Text(text)) => {
-                *bytes_in += text.len() as u64;
+                *stats.bytes_in += text.len() as u64;
                 events.push((key, ClientEvent::Text(text)));
             }
             Ok(Message::Close(frame)) => {
@@ -361,6 +371,8 @@ fn read_client(
                 client.state = State::Closed;
                 break;
             }
+            // tungstenite queues the pong itself; it goes out with the next read or write.
+            Ok(Message::Ping(_)) => *stats.pings_in += 1,
             Ok(_) => {}
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(_) => {
