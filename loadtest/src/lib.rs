@@ -5,7 +5,8 @@
 //! rate, memory per idle client), [`churn`] (client-list convergence under a storm of
 //! joins and leaves) and [`soak`] (random churn, garbage and abrupt leaves for a fixed
 //! time, then: is the server back to idle, did its memory grow?). Every loop is bounded
-//! in count and time.
+//! in count and time. Each runs over `ws://` or, with a `wss://` URL, over TLS ([`tls`];
+//! the server's certificate is not verified: this is a loopback benchmarking tool).
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 

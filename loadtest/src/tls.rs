@@ -101,7 +101,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
 /// Reads `stream` to its end. Over TLS a peer that closes without `close_notify` ends the
 /// stream with `UnexpectedEof`; for a `Connection: close` response that is the end too.
-pub fn read_to_end(stream: &mut impl Read, limit: u64, out: &mut Vec<u8>) -> io::Result<()> {
+fn read_to_end(stream: &mut impl Read, limit: u64, out: &mut Vec<u8>) -> io::Result<()> {
     match stream.take(limit).read_to_end(out) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !out.is_empty() => Ok(()),
@@ -110,7 +110,7 @@ pub fn read_to_end(stream: &mut impl Read, limit: u64, out: &mut Vec<u8>) -> io:
 }
 
 /// A blocking request/response on `tcp`, over TLS if `tls` is given.
-pub fn exchange(tls: Option<&Tls>, tcp: TcpStream, request: &[u8], limit: u64) -> io::Result<Vec<u8>> {
+pub(crate) fn exchange(tls: Option<&Tls>, tcp: TcpStream, request: &[u8], limit: u64) -> io::Result<Vec<u8>> {
     let mut response = Vec::new();
     match tls {
         None => {
