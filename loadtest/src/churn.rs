@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::Target;
 use crate::fleet::{ClientEvent, Fleet};
 use crate::pairs::Pairs;
-use crate::report::{self, Latency};
+use crate::report::{self, Latency, Transport};
 use crate::wire;
 
 #[derive(Clone, Debug)]
@@ -67,6 +67,8 @@ pub struct SteadyChurn {
 
 #[derive(Debug, Serialize)]
 pub struct ChurnReport {
+    #[serde(flatten)]
+    pub transport: Transport,
     pub watchers: usize,
     pub pairs: usize,
     pub burst: usize,
@@ -99,7 +101,7 @@ impl Waiting {
 }
 
 pub fn run(target: &Target, options: &ChurnOptions) -> io::Result<ChurnReport> {
-    let mut fleet = Fleet::new(target.addr, target.sources.clone())?;
+    let mut fleet = Fleet::new(target)?;
     let prefix = format!("churn{}", std::process::id());
     let mut pairs = Pairs::new(options.pairs, &format!("{prefix}-p"), 1, 200);
     let mut events = Vec::new();
@@ -274,6 +276,7 @@ pub fn run(target: &Target, options: &ChurnOptions) -> io::Result<ChurnReport> {
         pump(&mut fleet, &mut pairs, &mut waiting, &mut registered, Duration::from_millis(5))?;
     }
     Ok(ChurnReport {
+        transport: Transport::of(&fleet),
         watchers: options.watchers,
         pairs: options.pairs,
         burst: options.burst,
@@ -297,6 +300,7 @@ pub fn print(report: &ChurnReport) {
         )
     };
     let rows = vec![
+        ("transport", report.transport.row()),
         (
             "clients",
             format!(

@@ -3,6 +3,12 @@
 //! Like the server, every client's frames are appended to its own output buffer and
 //! written once per turn, so the generator spends as little CPU per message as the
 //! server does and its measurements are not its own queueing.
+//!
+//! With `wss://` each client has a rustls `ClientConnection` next to its socket. Reads go
+//! socket -> the shared inbox -> `read_tls` -> `process_new_packets` -> the plaintext
+//! reader -> the same WebSocket framing as plain; writes go the client's plaintext output
+//! buffer -> `writer()` -> `write_tls` -> socket, once per turn as on the plain path. The
+//! plain path only pays for a `None` check.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -10,9 +16,13 @@ use std::time::Duration;
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::ClientConnection;
 use slab::Slab;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Message, Utf8Bytes};
+
+use crate::Target;
+use crate::tls::Tls;
 
 /// What happened to a client during a turn.
 #[derive(Debug)]
@@ -32,6 +42,8 @@ enum State {
 
 struct Client {
     stream: TcpStream,
+    /// `wss://`: the TLS session over `stream`; `out` then holds plaintext.
+    tls: Option<Box<ClientConnection>>,
     state: State,
     out: Vec<u8>,
     written: usize,
@@ -47,37 +59,61 @@ pub struct Fleet {
     server: SocketAddr,
     sources: Vec<IpAddr>,
     next_source: usize,
+    tls: Option<Tls>,
     /// Bytes of text messages received, for reports.
     pub bytes_in: u64,
+    /// Pings received (and answered) by all clients, for reports.
+    pub pings_in: u64,
+    /// The TLS version the first client negotiated (`wss://` only), for reports.
+    pub tls_version: Option<String>,
     inbox: Inbox,
 }
 
 const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: loadtest\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
 impl Fleet {
-    /// `sources` are the local addresses connections are spread over (several loopback
-    /// addresses give each its own ephemeral-port range); empty means the OS picks.
-    pub fn new(server: SocketAddr, sources: Vec<IpAddr>) -> io::Result<Fleet> {
+    /// Clients of `target`: its address, over TLS if it is `wss://`. Connections are
+    /// spread over `target.sources` (several loopback addresses give each its own
+    /// ephemeral-port range); empty means the OS picks.
+    pub fn new(target: &Target) -> io::Result<Fleet> {
         Ok(Fleet {
             poll: Poll::new()?,
             events: Events::with_capacity(4096),
             clients: Slab::default(),
             dirty: Vec::new(),
-            server,
-            sources,
+            server: target.addr,
+            sources: target.sources.clone(),
             next_source: 0,
+            tls: target.tls.clone(),
             bytes_in: 0,
+            pings_in: 0,
+            tls_version: None,
             inbox: Inbox::new(),
         })
+    }
+
+    /// Whether clients speak TLS (`wss://`).
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Starts connecting a new client; `Opened` follows once the upgrade completes.
     pub fn connect(&mut self) -> io::Result<usize> {
         let stream = self.open_socket()?;
+        let (out, tls) = match &self.tls {
+            None => (UPGRADE.as_bytes().to_vec(), None),
+            Some(tls) => {
+                let mut connection = tls.connection()?;
+                // rustls holds it until the handshake is done, then sends it encrypted.
+                connection.writer().write_all(UPGRADE.as_bytes())?;
+                (Vec::new(), Some(Box::new(connection)))
+            }
+        };
         let mut client = Client {
             stream,
+            tls,
             state: State::Connecting { response: Vec::new() },
-            out: UPGRADE.as_bytes().to_vec(),
+            out,
             written: 0,
             interest: Interest::READABLE | Interest::WRITABLE,
             flush_queued: false,
@@ -135,7 +171,8 @@ impl Fleet {
     }
 
     /// Queues bytes for the socket as they are, outside any WebSocket framing (garbage,
-    /// truncated frames). Only on an open client: the upgrade response has been read.
+    /// truncated frames; over TLS still inside the TLS records). Only on an open client:
+    /// the upgrade response has been read.
     pub fn send_raw(&mut self, key: usize, bytes: &[u8]) {
         let Some(client) = self.clients.get_mut(key) else { return };
         if !matches!(client.state, State::Open(_)) {
@@ -197,76 +234,16 @@ impl Fleet {
 
     fn read(&mut self, key: usize, events: &mut Vec<(usize, ClientEvent)>) {
         let Some(client) = self.clients.get_mut(key) else { return };
-        if let State::Connecting { response } = &mut client.state {
-            let mut chunk = [0u8; 4096];
-            loop {
-                match client.stream.read(&mut chunk) {
-                    Ok(0) => {
-                        client.state = State::Closed;
-                        events.push((key, ClientEvent::Closed(None)));
-                        return;
-                    }
-                    Ok(n) => response.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        client.state = State::Closed;
-                        events.push((key, ClientEvent::Closed(None)));
-                        return;
-                    }
-                }
-            }
-            let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return };
-            if !response.starts_with(b"HTTP/1.1 101") {
-                client.state = State::Closed;
-                events.push((key, ClientEvent::Closed(None)));
-                return;
-            }
-            let rest = response[end + 4..].to_vec();
-            // Small: tungstenite zero-fills up to this much per read call; the socket itself
-            // is read in 64 KiB chunks into the fleet's inbox.
-            let config = WebSocketConfig::default().read_buffer_size(512).write_buffer_size(0);
-            client.state = State::Open(Box::new(WebSocketContext::from_partially_read(
-                rest,
-                Role::Client,
-                Some(config),
-            )));
-            events.push((key, ClientEvent::Opened));
+        let mut stats = Stats { bytes_in: &mut self.bytes_in, pings_in: &mut self.pings_in };
+        if read_client(client, key, &mut self.inbox, &mut stats, events)
+            && self.tls_version.is_none()
+            && let Some(version) = client.tls.as_ref().and_then(|tls| tls.protocol_version())
+        {
+            self.tls_version = Some(format!("{version:?}"));
         }
-        let State::Open(ws) = &mut client.state else { return };
-        let mut drained = false;
-        // The loop below reads until WouldBlock, which the inbox only reports once it is
-        // empty: nothing of this client is left in it for the next one (after a close or an
-        // error the rest is dropped with the connection).
-        self.inbox.clear();
-        loop {
-            let mut io = SocketIo {
-                stream: &mut client.stream,
-                out: &mut client.out,
-                inbox: &mut self.inbox,
-                drained,
-            };
-            let result = ws.read(&mut io);
-            drained = io.drained;
-            match result {
-                Ok(Message::Text(text)) => {
-                    self.bytes_in += text.len() as u64;
-                    events.push((key, ClientEvent::Text(text)));
-                }
-                Ok(Message::Close(frame)) => {
-                    events.push((key, ClientEvent::Closed(frame.map(|f| f.code.into()))));
-                    client.state = State::Closed;
-                    break;
-                }
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    events.push((key, ClientEvent::Closed(None)));
-                    client.state = State::Closed;
-                    break;
-                }
-            }
-        }
-        if client.out.len() > client.written && !client.flush_queued {
+        let unsent =
+            client.out.len() > client.written || client.tls.as_ref().is_some_and(|tls| tls.wants_write());
+        if unsent && !client.flush_queued {
             client.flush_queued = true;
             self.dirty.push(key);
         }
@@ -277,6 +254,10 @@ impl Fleet {
             let Some(client) = self.clients.get_mut(key) else { continue };
             client.flush_queued = false;
             let mut pending = false;
+            if let Some(tls) = client.tls.as_deref_mut() {
+                pending = flush_tls(tls, &mut client.stream, &mut client.out, client.written);
+                client.written = 0;
+            }
             while client.written < client.out.len() {
                 match client.stream.write_vectored(&[IoSlice::new(&client.out[client.written..])]) {
                     Ok(0) => break,
@@ -306,14 +287,136 @@ impl Fleet {
     }
 }
 
+/// Counters a read updates.
+struct Stats<'a> {
+    bytes_in: &'a mut u64,
+    pings_in: &'a mut u64,
+}
+
+/// Reads everything `client` has: the upgrade response, then messages, until the socket
+/// (and the TLS session) would block. Returns whether the upgrade completed in this call.
+fn read_client(
+    client: &mut Client,
+    key: usize,
+    inbox: &mut Inbox,
+    stats: &mut Stats<'_>,
+    events: &mut Vec<(usize, ClientEvent)>,
+) -> bool {
+    // Every loop below reads until WouldBlock, which the inbox only reports once it is
+    // empty: nothing of this client is left in it for the next one (after a close or an
+    // error the rest is dropped with the connection).
+    inbox.clear();
+    let mut drained = false;
+    let mut opened = false;
+    if let State::Connecting { response } = &mut client.state {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let mut io = SocketIo {
+                stream: &mut client.stream,
+                tls: client.tls.as_deref_mut(),
+                out: &mut client.out,
+                inbox,
+                drained,
+            };
+            let result = io.read(&mut chunk);
+            drained = io.drained;
+            match result {
+                Ok(0) => {
+                    client.state = State::Closed;
+                    events.push((key, ClientEvent::Closed(None)));
+                    return false;
+                }
+                Ok(n) => response.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    client.state = State::Closed;
+                    events.push((key, ClientEvent::Closed(None)));
+                    return false;
+                }
+            }
+        }
+        let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+        if !response.starts_with(b"HTTP/1.1 101") {
+            client.state = State::Closed;
+            events.push((key, ClientEvent::Closed(None)));
+            return false;
+        }
+        let rest = response[end + 4..].to_vec();
+        // Small: tungstenite zero-fills up to this much per read call; the socket itself
+        // is read in 64 KiB chunks into the fleet's inbox.
+        let config = WebSocketConfig::default().read_buffer_size(512).write_buffer_size(0);
+        client.state =
+            State::Open(Box::new(WebSocketContext::from_partially_read(rest, Role::Client, Some(config))));
+        events.push((key, ClientEvent::Opened));
+        opened = true;
+    }
+    let State::Open(ws) = &mut client.state else { return opened };
+    loop {
+        let mut io = SocketIo {
+            stream: &mut client.stream,
+            tls: client.tls.as_deref_mut(),
+            out: &mut client.out,
+            inbox,
+            drained,
+        };
+        let result = ws.read(&mut io);
+        drained = io.drained;
+        match result {
+            Ok(Message::Text(text)) => {
+                *stats.bytes_in += text.len() as u64;
+                events.push((key, ClientEvent::Text(text)));
+            }
+            Ok(Message::Close(frame)) => {
+                events.push((key, ClientEvent::Closed(frame.map(|f| f.code.into()))));
+                client.state = State::Closed;
+                break;
+            }
+            // tungstenite queues the pong itself; it goes out with the next read or write.
+            Ok(Message::Ping(_)) => *stats.pings_in += 1,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                events.push((key, ClientEvent::Closed(None)));
+                client.state = State::Closed;
+                break;
+            }
+        }
+    }
+    opened
+}
+
+/// Hands a turn's plaintext (`out[written..]`) to TLS and writes the TLS records to the
+/// socket. `out` is left empty: rustls's buffers are unbounded and take all of it. Returns
+/// whether records are left for when the socket is writable again.
+fn flush_tls(tls: &mut ClientConnection, stream: &mut TcpStream, out: &mut Vec<u8>, written: usize) -> bool {
+    if written < out.len() {
+        // Encrypted at once, or held until the handshake is done; cannot fail unbounded.
+        let _ = tls.writer().write_all(&out[written..]);
+    }
+    out.clear();
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected) => {
+                return true;
+            }
+            Err(_) => break,
+        }
+    }
+    false
+}
+
 fn libc_einprogress() -> i32 {
     // EINPROGRESS on Linux.
     115
 }
 
-/// tungstenite's view of a client socket: reads from it, writes into our buffer.
+/// tungstenite's view of a client socket: reads from it (through TLS for `wss://`),
+/// writes into our buffer.
 struct SocketIo<'a> {
     stream: &'a mut TcpStream,
+    tls: Option<&'a mut ClientConnection>,
     out: &'a mut Vec<u8>,
     inbox: &'a mut Inbox,
     /// A short read emptied the socket: the next read would only say EAGAIN, so skip the
@@ -341,6 +444,9 @@ impl Inbox {
 
 impl Read for SocketIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            return read_through_tls(tls, self.stream, self.inbox, &mut self.drained, buf);
+        }
         let inbox = &mut *self.inbox;
         if inbox.start == inbox.end {
             if self.drained {
@@ -357,6 +463,40 @@ impl Read for SocketIo<'_> {
         buf[..n].copy_from_slice(&inbox.buf[inbox.start..inbox.start + n]);
         inbox.start += n;
         Ok(n)
+    }
+}
+
+/// Plaintext from `tls`; when it has none, ciphertext from the socket (read into the inbox
+/// in 64 KiB chunks, as on the plain path) is fed to `read_tls` and decrypted.
+fn read_through_tls(
+    tls: &mut ClientConnection,
+    stream: &mut TcpStream,
+    inbox: &mut Inbox,
+    drained: &mut bool,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        // Ok(0): close_notify; UnexpectedEof: the TCP connection ended without one.
+        match tls.reader().read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            result => return result,
+        }
+        if inbox.start == inbox.end {
+            if *drained {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = stream.read(&mut inbox.buf)?;
+            *drained = n < inbox.buf.len();
+            (inbox.start, inbox.end) = (0, n);
+            if n == 0 {
+                // Tells rustls about the EOF: the reader then says how the session ended.
+                tls.read_tls(&mut io::empty())?;
+                continue;
+            }
+        }
+        let mut ciphertext = &inbox.buf[inbox.start..inbox.end];
+        inbox.start += tls.read_tls(&mut ciphertext)?;
+        tls.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     }
 }
 

@@ -16,7 +16,11 @@ USAGE:
     loadtest [COMMON OPTIONS] relay|idle|churn|soak [MODE OPTIONS]
 
 COMMON OPTIONS:
-    --url URL            Server to test. [default: ws://127.0.0.1:8080/]
+    --url URL            Server to test: ws://HOST:PORT/, or wss://HOST:PORT/ for TLS
+                         (every client of every mode, and soak's /metrics over https).
+                         TLS does NOT verify the server's certificate: the load tester is
+                         for loopback benchmarks against self-signed certificates.
+                         [default: ws://127.0.0.1:8080/]
     --server-pid PID     The server's process id (same machine): adds its CPU time per
                          message and its memory to the report.
     --sources N          Loopback source addresses to spread connections over
@@ -31,6 +35,10 @@ relay: P pairs in sessions send ICE candidates both ways.
     --warmup SECONDS     Not measured. [default: 1]
     --duration SECONDS   Measured. [default: 5]
     --payload BYTES      Size of each candidate payload. [default: 200]
+    --idle N             Also keep N idle clients connected, registered and paired into
+                         sessions (no client lists) for the whole run, set up before the
+                         pairs: the relay's latency under the server pinging N idle
+                         connections every ping interval. [default: 0]
 
 idle: N registered clients that stay idle.
     --clients N          [default: 1000]
@@ -132,6 +140,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             (Mode::Relay(o), Long("warmup")) => o.warmup = secs(&mut parser, "--warmup")?,
             (Mode::Relay(o), Long("duration")) => o.duration = secs(&mut parser, "--duration")?,
             (Mode::Relay(o), Long("payload")) => o.payload_bytes = num(&mut parser, "--payload")?,
+            (Mode::Relay(o), Long("idle")) => o.idle = num(&mut parser, "--idle")?,
             (Mode::Idle(o), Long("clients")) => o.clients = num(&mut parser, "--clients")?,
             (Mode::Idle(o), Long("concurrency")) => o.concurrency = num(&mut parser, "--concurrency")?,
             (Mode::Idle(o), Long("settle")) => o.settle = secs(&mut parser, "--settle")?,
@@ -181,7 +190,7 @@ fn main() -> ExitCode {
         }
     };
     let connections = match &args.mode {
-        Mode::Relay(o) => 2 * o.pairs,
+        Mode::Relay(o) => 2 * o.pairs + o.idle,
         Mode::Idle(o) => o.clients,
         Mode::Churn(o) => o.watchers + 2 * o.pairs + o.burst,
         Mode::Soak(o) => o.clients,

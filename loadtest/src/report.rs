@@ -3,6 +3,32 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::fleet::Fleet;
+
+/// How the clients reached the server; flattened into every report (`"tls": true`).
+#[derive(Debug, Default, Serialize)]
+pub struct Transport {
+    /// `wss://`: every connection spoke TLS (the server's certificate was not verified).
+    pub tls: bool,
+    /// The TLS version the connections negotiated, e.g. `TLSv1_3`.
+    pub tls_version: Option<String>,
+}
+
+impl Transport {
+    pub fn of(fleet: &Fleet) -> Transport {
+        Transport { tls: fleet.tls(), tls_version: fleet.tls_version.clone() }
+    }
+
+    /// The table row's value.
+    pub fn row(&self) -> String {
+        match (self.tls, &self.tls_version) {
+            (false, _) => "ws (plain TCP)".to_owned(),
+            (true, Some(version)) => format!("wss ({version}, certificate not verified)"),
+            (true, None) => "wss (no TLS session completed)".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct Latency {
     pub samples: u64,

@@ -13,8 +13,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -22,7 +22,8 @@ use serde::Serialize;
 use crate::Target;
 use crate::fleet::{ClientEvent, Fleet};
 use crate::procfs;
-use crate::report;
+use crate::report::{self, Transport};
+use crate::tls;
 use crate::wire;
 
 #[derive(Clone, Debug)]
@@ -83,6 +84,8 @@ impl Gauges {
 
 #[derive(Debug, Serialize)]
 pub struct SoakReport {
+    #[serde(flatten)]
+    pub transport: Transport,
     pub clients: usize,
     pub seed: u64,
     pub warmup_seconds: f64,
@@ -388,7 +391,7 @@ pub fn run(target: &Target, options: &SoakOptions) -> io::Result<SoakReport> {
     let began = Instant::now();
     let mut soak = Soak {
         options,
-        fleet: Fleet::new(target.addr, target.sources.clone())?,
+        fleet: Fleet::new(target)?,
         rng: Rng::new(options.seed),
         prefix: format!("soak{}", std::process::id()),
         clients: Vec::new(),
@@ -415,7 +418,7 @@ pub fn run(target: &Target, options: &SoakOptions) -> io::Result<SoakReport> {
     if !options.warmup.is_zero() {
         rss_peak_warmup = soak.churn(options.warmup)?;
         soak.wind_down()?;
-        let (gauges, _) = settle(target.addr, options.settle);
+        let (gauges, _) = settle(target, options.settle);
         match &gauges {
             Some(g) if g.idle() => {}
             Some(g) => verdict.push(format!("not idle {:?} after the warm-up: {g:?}", options.settle)),
@@ -433,9 +436,9 @@ pub fn run(target: &Target, options: &SoakOptions) -> io::Result<SoakReport> {
         .and_then(|meter| meter.elapsed())
         .map(|cpu| 100.0 * cpu.as_secs_f64() / duration_seconds.max(1e-9));
     soak.wind_down()?;
-    let (server_end, settle_seconds) = settle(target.addr, options.settle);
+    let (server_end, settle_seconds) = settle(target, options.settle);
     let rss_end = target.server_pid.and_then(procfs::rss_kib);
-    let server_closed_by_reason = fetch_metrics(target.addr)
+    let server_closed_by_reason = fetch_metrics(target)
         .map(|text| {
             labelled(&text, "signaling_connections_closed_total{reason=\"")
                 .into_iter()
@@ -486,6 +489,7 @@ pub fn run(target: &Target, options: &SoakOptions) -> io::Result<SoakReport> {
     };
     let wall = began.elapsed().as_secs_f64().max(1e-9);
     Ok(SoakReport {
+        transport: Transport::of(&soak.fleet),
         clients: options.clients,
         seed: options.seed,
         warmup_seconds: options.warmup.as_secs_f64(),
@@ -1087,11 +1091,11 @@ fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
 
 /// Waits (bounded by `patience`) until the server's gauges show it idle. Returns the last
 /// gauges read and, if it got idle, how long that took.
-fn settle(addr: SocketAddr, patience: Duration) -> (Option<Gauges>, Option<f64>) {
+fn settle(target: &Target, patience: Duration) -> (Option<Gauges>, Option<f64>) {
     let started = Instant::now();
     let mut last = None;
     loop {
-        if let Ok(text) = fetch_metrics(addr) {
+        if let Ok(text) = fetch_metrics(target) {
             let gauges = gauges(&text);
             if gauges.idle() {
                 return (Some(gauges), Some(started.elapsed().as_secs_f64()));
@@ -1105,15 +1109,15 @@ fn settle(addr: SocketAddr, patience: Duration) -> (Option<Gauges>, Option<f64>)
     }
 }
 
-/// `GET /metrics` on the server's port: a small blocking request, bounded in time and size.
-pub fn fetch_metrics(addr: SocketAddr) -> io::Result<String> {
+/// `GET /metrics` on the server's port (`https` for a `wss://` target): a small blocking
+/// request, bounded in time and size.
+pub fn fetch_metrics(target: &Target) -> io::Result<String> {
     let timeout = Duration::from_secs(2);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    let stream = TcpStream::connect_timeout(&target.addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: loadtest\r\nConnection: close\r\n\r\n")?;
-    let mut response = Vec::new();
-    stream.take(4 << 20).read_to_end(&mut response)?;
+    let request = b"GET /metrics HTTP/1.1\r\nHost: loadtest\r\nConnection: close\r\n\r\n";
+    let response = tls::exchange(target.tls.as_ref(), stream, request, 4 << 20)?;
     let text = String::from_utf8_lossy(&response);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         return Err(io::Error::other("incomplete /metrics response"));
@@ -1175,6 +1179,7 @@ pub fn print(report: &SoakReport) {
     };
     let kib = |v: Option<u64>| v.map_or_else(|| "n/a (give --server-pid)".to_owned(), |v| format!("{v} KiB"));
     let mut rows = vec![
+        ("transport", report.transport.row()),
         (
             "load",
             format!(

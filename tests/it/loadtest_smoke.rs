@@ -1,5 +1,7 @@
 //! A short run of each load-tester mode against the real server: keeps the tool working
-//! and its numbers sane. Not a benchmark (see BENCHMARKS.md for those).
+//! and its numbers sane. Not a benchmark (see BENCHMARKS.md for those). Every mode also
+//! runs once over `wss://`, against the server on a test certificate (tls_client.rs) that
+//! the load tester, by design, does not verify.
 
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use loadtest::relay::{self, RelayOptions};
 use loadtest::soak::{self, SoakOptions};
 
 use crate::harness::Server;
+use crate::tls_client::{Pki, wss_url};
 
 /// Load runs relax the rate limit (as every benchmark here does): a closed loop sends
 /// faster than the default 500 commands/s per connection allows.
@@ -19,6 +22,21 @@ fn server() -> Server {
 
 fn target(server: &Server) -> Target {
     Target::new(&server.url(), 2, Some(server.pid())).expect("a ws:// URL")
+}
+
+/// The server on `pki`'s certificate, speaking only TLS, with `extra` flags.
+fn tls_server(pki: &Pki, extra: &[&str]) -> Server {
+    pki.install_new(1);
+    let args = pki.args();
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend_from_slice(extra);
+    Server::start_with(&all)
+}
+
+fn wss_target(server: &Server) -> Target {
+    let target = Target::new(&wss_url(server), 2, Some(server.pid())).expect("a wss:// URL");
+    assert!(target.tls.is_some());
+    target
 }
 
 fn short_relay() -> RelayOptions {
@@ -41,6 +59,25 @@ fn relay_closed_loop_delivers_everything_in_order() {
     assert!(report.per_client_min > 0, "every client got messages: {report:?}");
     let per_message = report.cpu.server_us_per_message.expect("server CPU is read from /proc");
     assert!(per_message > 0.0 && per_message < 1000.0, "{per_message} µs per message");
+}
+
+/// Idle clients in sessions next to the pairs, pinged often enough that the pings fall in
+/// the measured window: all stay connected, none gets a client list once paired, and the
+/// pairs still deliver everything.
+#[test]
+fn relay_with_idle_clients_keeps_them_connected_and_pinged() {
+    let server = Server::start_with(&["--rate-limit", "0", "--ping-interval", "0.2"]);
+    let options = RelayOptions { idle: 50, ..short_relay() };
+    let report = relay::run(&target(&server), &options).expect("relay runs");
+    let idle = &report.idle;
+    assert_eq!((idle.clients, idle.registered, idle.sessions), (50, 50, 25), "{report:?}");
+    assert_eq!((idle.failed, idle.errors), (0, 0), "{report:?}");
+    assert!(report.delivered > 0, "{report:?}");
+    assert_eq!((report.lost, report.reordered, report.errors), (0, 0, 0), "{report:?}");
+    assert_eq!(report.latency.samples, report.delivered);
+    // 70 connections, a ping every 0.2 s each, a 0.8 s window: about 280.
+    assert!(report.pings_in_window >= 70, "{report:?}");
+    assert!(!report.transport.tls, "{report:?}");
 }
 
 #[test]
@@ -154,4 +191,75 @@ fn soak_reports_a_server_that_does_not_get_back_to_idle() {
     let end = report.server_end.as_ref().expect("/metrics was read at the end");
     assert_eq!(end.clients_registered, 1, "{report:#?}");
     assert!(report.verdict.iter().any(|line| line.starts_with("NOT idle")), "{report:#?}");
+}
+
+#[test]
+fn relay_over_wss_delivers_everything_in_order() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, &["--rate-limit", "0"]);
+    let options = RelayOptions { idle: 20, ..short_relay() };
+    let report = relay::run(&wss_target(&server), &options).expect("relay runs over TLS");
+    assert!(report.transport.tls, "{report:?}");
+    assert_eq!(report.transport.tls_version.as_deref(), Some("TLSv1_3"), "{report:?}");
+    assert!(report.delivered > 0, "{report:?}");
+    assert_eq!((report.lost, report.reordered, report.errors), (0, 0, 0), "{report:?}");
+    assert!(report.per_client_min > 0, "every client got messages: {report:?}");
+    assert_eq!((report.idle.registered, report.idle.sessions, report.idle.errors), (20, 10, 0), "{report:?}");
+}
+
+#[test]
+fn idle_over_wss_registers_every_client() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, &["--rate-limit", "0"]);
+    let options = IdleOptions {
+        clients: 200,
+        settle: Duration::from_millis(200),
+        in_sessions: true,
+        ..IdleOptions::default()
+    };
+    let report = idle::run(&wss_target(&server), &options).expect("idle runs over TLS");
+    assert!(report.transport.tls, "{report:?}");
+    assert_eq!((report.registered, report.failed, report.sessions), (200, 0, 100), "{report:?}");
+}
+
+#[test]
+fn churn_over_wss_converges() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, &["--rate-limit", "0"]);
+    let options = ChurnOptions {
+        watchers: 10,
+        pairs: 2,
+        burst: 50,
+        churn_duration: Duration::from_millis(300),
+        ..ChurnOptions::default()
+    };
+    let report = churn::run(&wss_target(&server), &options).expect("churn runs over TLS");
+    assert!(report.transport.tls, "{report:?}");
+    assert_eq!((report.errors, report.relay_lost), (0, 0), "{report:?}");
+    assert!(report.join.convergence_seconds < 5.0 && report.leave.convergence_seconds < 5.0, "{report:?}");
+}
+
+/// Garbage, truncated frames and abrupt leaves inside TLS, and /metrics over https: the
+/// server still gets back to idle and answers every fatal frame with its close code.
+#[test]
+fn soak_over_wss_leaves_the_server_idle() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, &[]);
+    let options = SoakOptions {
+        // As many as the plain soak above: fewer make the rare fatal frames too rare.
+        clients: 200,
+        duration: Duration::from_millis(2500),
+        warmup: Duration::from_millis(1000),
+        seed: 7,
+        ..SoakOptions::default()
+    };
+    let report = soak::run(&wss_target(&server), &options).expect("soak runs over TLS");
+    assert!(report.transport.tls, "{report:#?}");
+    assert!(!report.leaked, "{report:#?}");
+    assert_eq!(report.unexpected, 0, "{report:#?}");
+    assert!(report.server_end.is_some(), "/metrics was read over https: {report:#?}");
+    assert!(report.received.get("icecandidate").is_some_and(|&n| n > 0), "{report:#?}");
+    for code in ["1002", "1007", "1009"] {
+        assert!(report.server_closes_by_code.contains_key(code), "no close {code}: {report:#?}");
+    }
 }
