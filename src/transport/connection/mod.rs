@@ -264,7 +264,7 @@ impl Connection {
 
     /// Bytes held for this connection: output (client lists included) and unread input.
     pub fn held_bytes(&self) -> usize {
-        self.out.held() + self.stash.len()
+        self.out.held() + self.stash.len() + self.wire.held()
     }
 
     /// Takes the next event from `fresh` (bytes just read from the socket) and whatever
@@ -511,7 +511,7 @@ impl Connection {
 
     /// Starts or stops the soft-limit clock.
     fn track_output(&mut self, now: Instant, settings: &Settings) {
-        if self.out.held() > settings.max_output_soft {
+        if self.out.held() + self.wire.held() > settings.max_output_soft {
             self.over_soft_since.get_or_insert(now);
         } else {
             self.over_soft_since = None;

@@ -169,7 +169,14 @@ impl Output {
         Ok(Flush::Done)
     }
 
-    fn consume(&mut self, mut written: usize) {
+    /// The next unsent bytes, in order: what is left of the front segment, at most `max`.
+    pub fn front(&self, max: usize) -> Option<&[u8]> {
+        let rest = &self.segments.front()?.bytes()[self.front_written..];
+        Some(&rest[..rest.len().min(max)])
+    }
+
+    /// `written` bytes from the front have been sent (or handed on, e.g. encrypted).
+    pub fn consume(&mut self, mut written: usize) {
         while written > 0 {
             let Some(front) = self.segments.front() else { return };
             let left = front.bytes().len() - self.front_written;

@@ -1,15 +1,23 @@
 //! What lies between the socket and the WebSocket: nothing (plain TCP), or TLS.
 //!
 //! The machine reads plaintext through [`Wire::plaintext`] and writes its output through
-//! [`Wire::write`]; only this file knows whether bytes are encrypted on the way. TLS is
-//! rustls' sans-IO `ServerConnection`: ciphertext is handed to it from the same buffers a
-//! plain connection reads from (the loop's inbox, the connection's stash), and its records
-//! are written to the socket the machine is given.
+//! [`Wire::write`]; only this file knows whether bytes are encrypted on the way.
+//!
+//! TLS is rustls' *unbuffered* server connection: rustls keeps the protocol state and the
+//! keys, and we keep the bytes. That matters for thousands of idle clients: rustls's
+//! buffered `ServerConnection` holds a 4 KiB record buffer per connection for its whole
+//! life, while here every buffer is empty and unallocated between messages, as a plain
+//! connection's are. Ciphertext arrives from the same inbox and stash a plain connection
+//! reads; records are decrypted in place; our output queue is encrypted as it is written,
+//! at most one record (16 KiB) ahead of the socket, so shared client lists stay shared
+//! until the last moment and the output limits still count them.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::ServerConfig;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
 
 use super::input::Pending;
 use super::output::{Flush, Output};
@@ -30,24 +38,67 @@ pub enum Wire {
     Tls(Box<Tls>),
 }
 
+/// Plaintext encrypted into one record: TLS's maximum.
+const MAX_RECORD_PLAINTEXT: usize = 16 << 10;
+/// What a record adds to its plaintext at most (header, content type, AEAD tag).
+const RECORD_OVERHEAD: usize = 5 + 1 + 16 + 256;
+/// Steps of rustls's state machine one read may take: a whole handshake flight is a few.
+const MAX_STEPS: usize = 64;
+/// Ciphertext accepted per connection before a record must complete: a record is at most
+/// 16 KiB + 256, a handshake flight (a ClientHello with many extensions) a little more.
+const MAX_INCOMING: usize = 64 << 10;
+
 pub struct Tls {
-    conn: ServerConnection,
+    conn: UnbufferedServerConnection,
+    /// Ciphertext not yet processed: a partial record, or handshake data rustls still
+    /// needs. Empty (and unallocated) between messages.
+    incoming: Vec<u8>,
+    /// Decrypted application data the WebSocket has not read yet, and how much it has.
+    plaintext: Vec<u8>,
+    plaintext_read: usize,
+    /// TLS bytes for the socket (handshake records, encrypted output, alerts), and how
+    /// many of them are written.
+    outgoing: Vec<u8>,
+    outgoing_written: usize,
     /// rustls refused the peer's bytes (not TLS, or a TLS violation).
     broken: bool,
     /// Our side is closing: close_notify follows the last of the output.
     closing: bool,
+    close_notify_sent: bool,
+    /// rustls has offered to encrypt application data: the handshake is done.
+    handshake_done: bool,
+    /// The peer sent close_notify (or the connection is closed): its end of the stream.
+    peer_closed: bool,
 }
 
-/// Plaintext rustls holds for the socket, at most: past it, the connection's output waits
-/// in its own queue (where shared client lists stay shared and the output limits apply).
-const TLS_PLAINTEXT_IN_FLIGHT: usize = 16 << 10;
+/// How far one step of the TLS state machine got.
+enum Step {
+    /// Something happened (records decrypted, handshake bytes produced): step again.
+    Again,
+    /// Nothing more can happen without more bytes from the peer.
+    Blocked,
+    /// The handshake is done and every complete record is read. With output to encrypt:
+    /// encrypted, as far as one record.
+    Ready,
+}
 
 impl Wire {
     /// A TLS server side for one accepted connection.
     pub fn tls(config: Arc<ServerConfig>) -> Result<Wire, rustls::Error> {
-        let mut conn = ServerConnection::new(config)?;
-        conn.set_buffer_limit(Some(TLS_PLAINTEXT_IN_FLIGHT));
-        Ok(Wire::Tls(Box::new(Tls { conn, broken: false, closing: false })))
+        let conn = UnbufferedServerConnection::new(config)?;
+        Ok(Wire::Tls(Box::new(Tls {
+            conn,
+            incoming: Vec::new(),
+            plaintext: Vec::new(),
+            plaintext_read: 0,
+            outgoing: Vec::new(),
+            outgoing_written: 0,
+            broken: false,
+            closing: false,
+            close_notify_sent: false,
+            handshake_done: false,
+            peer_closed: false,
+        })))
     }
 
     /// The connection's incoming plaintext, read from `pending`.
@@ -68,29 +119,9 @@ impl Wire {
         sink: &mut impl Sink,
         sent: &mut u64,
     ) -> io::Result<Flush> {
-        let Tls { conn: tls, closing, .. } = match self {
-            Wire::Plain => return out.write_to(sink, sent),
-            Wire::Tls(tls) => &mut **tls,
-        };
-        loop {
-            // Plaintext moves into rustls only as far as its in-flight bound allows.
-            let moved = out.write_to(&mut Encrypting(tls), &mut 0)?;
-            if moved == Flush::Done && *closing && !tls.is_handshaking() {
-                *closing = false;
-                tls.send_close_notify();
-            }
-            while tls.wants_write() {
-                match tls.write_tls(sink) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => *sent += n as u64,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Pending),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if moved == Flush::Done {
-                return Ok(Flush::Done);
-            }
+        match self {
+            Wire::Plain => out.write_to(sink, sent),
+            Wire::Tls(tls) => tls.write(out, sink, sent),
         }
     }
 
@@ -98,7 +129,7 @@ impl Wire {
     pub(super) fn wants_write(&self) -> bool {
         match self {
             Wire::Plain => false,
-            Wire::Tls(tls) => tls.conn.wants_write(),
+            Wire::Tls(tls) => tls.outgoing_written < tls.outgoing.len() || tls.owes_close_notify(),
         }
     }
 
@@ -110,8 +141,16 @@ impl Wire {
         }
     }
 
+    /// Bytes held by the wire itself (TLS buffers), for the connection's accounting.
+    pub(super) fn held(&self) -> usize {
+        match self {
+            Wire::Plain => 0,
+            Wire::Tls(tls) => tls.incoming.len() + tls.plaintext.len() + tls.outgoing.len(),
+        }
+    }
+
     /// Our side is closing: say so at the wire's level too (TLS close_notify), once
-    /// everything queued before it has gone into the TLS stream.
+    /// everything queued before it has been encrypted.
     pub(super) fn close_notify(&mut self) {
         if let Wire::Tls(tls) = self {
             tls.closing = true;
@@ -119,26 +158,221 @@ impl Wire {
     }
 }
 
-/// rustls' plaintext writer, as a `Write` that blocks instead of taking nothing.
-struct Encrypting<'a>(&'a mut ServerConnection);
-
-impl Write for Encrypting<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.writer().write(buf)? {
-            0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
-            n => Ok(n),
-        }
+impl Tls {
+    fn owes_close_notify(&self) -> bool {
+        self.closing && !self.close_notify_sent && self.handshake_done
     }
 
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        match self.0.writer().write_vectored(bufs)? {
-            0 if bufs.iter().any(|buf| !buf.is_empty()) => Err(io::ErrorKind::WouldBlock.into()),
-            n => Ok(n),
+    /// One step of rustls's state machine over what has arrived. `encrypt`: output to
+    /// encrypt once the connection may carry application data.
+    fn step(&mut self, encrypt: Option<&mut Output>) -> Result<Step, rustls::Error> {
+        let Tls {
+            conn,
+            incoming,
+            plaintext,
+            outgoing,
+            close_notify_sent,
+            closing,
+            peer_closed,
+            handshake_done,
+            ..
+        } = self;
+        let status = conn.process_tls_records(incoming);
+        let mut discard = status.discard;
+        let step = match status.state? {
+            ConnectionState::ReadTraffic(mut records) => {
+                while let Some(record) = records.next_record() {
+                    let record = record?;
+                    discard += record.discard;
+                    plaintext.extend_from_slice(record.payload);
+                }
+                Step::Again
+            }
+            ConnectionState::EncodeTlsData(mut handshake) => {
+                encode_into(outgoing, 4096, |buf| match handshake.encode(buf) {
+                    Ok(n) => Ok(n),
+                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                        Err(Some(required_size))
+                    }
+                    Err(_) => Err(None),
+                });
+                Step::Again
+            }
+            // Our outgoing queue keeps the bytes in order; they go out with everything else.
+            ConnectionState::TransmitTlsData(transmit) => {
+                transmit.done();
+                Step::Again
+            }
+            ConnectionState::BlockedHandshake => Step::Blocked,
+            ConnectionState::PeerClosed => {
+                *peer_closed = true;
+                Step::Again
+            }
+            ConnectionState::Closed => {
+                *peer_closed = true;
+                Step::Blocked
+            }
+            ConnectionState::WriteTraffic(mut traffic) => {
+                *handshake_done = true;
+                if let Some(out) = encrypt {
+                    if let Some(chunk) = out.front(MAX_RECORD_PLAINTEXT) {
+                        let len = chunk.len();
+                        encode_into(outgoing, len + RECORD_OVERHEAD, |buf| {
+                            match traffic.encrypt(chunk, buf) {
+                                Ok(n) => Ok(n),
+                                Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                                    required_size,
+                                })) => Err(Some(required_size)),
+                                Err(_) => Err(None),
+                            }
+                        });
+                        out.consume(len);
+                    } else if *closing && !*close_notify_sent {
+                        *close_notify_sent = true;
+                        encode_into(outgoing, RECORD_OVERHEAD, |buf| match traffic.queue_close_notify(buf) {
+                            Ok(n) => Ok(n),
+                            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                                Err(Some(required_size))
+                            }
+                            Err(_) => Err(None),
+                        });
+                    }
+                }
+                Step::Ready
+            }
+            // Early data is not accepted (the config allows none); anything else is new.
+            _ => Step::Blocked,
+        };
+        incoming.drain(..discard.min(incoming.len()));
+        if incoming.is_empty() {
+            // Freed, not kept: an idle connection holds no TLS buffer.
+            *incoming = Vec::new();
         }
+        Ok(step)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    /// Takes what `pending` has into `incoming`, up to the bound.
+    fn take_ciphertext(&mut self, pending: &mut Pending<'_, '_>) -> io::Result<usize> {
+        let room = MAX_INCOMING.saturating_sub(self.incoming.len());
+        if room == 0 {
+            // A record or handshake message larger than TLS allows: not a TLS peer.
+            self.broken = true;
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        let mut taken = 0;
+        let mut chunk = [0u8; 4096];
+        while taken < room {
+            let want = chunk.len().min(room - taken);
+            match pending.read(&mut chunk[..want]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.incoming.extend_from_slice(&chunk[..n]);
+                    taken += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Decrypted bytes into `buf`; `WouldBlock` once nothing more can be decrypted from
+    /// what has arrived; `Ok(0)` after the peer's close_notify.
+    fn read(&mut self, buf: &mut [u8], pending: &mut Pending<'_, '_>) -> io::Result<usize> {
+        for _ in 0..MAX_STEPS {
+            if self.broken {
+                return Err(io::ErrorKind::InvalidData.into());
+            }
+            if self.plaintext_read < self.plaintext.len() {
+                let rest = &self.plaintext[self.plaintext_read..];
+                let n = rest.len().min(buf.len());
+                buf[..n].copy_from_slice(&rest[..n]);
+                self.plaintext_read += n;
+                if self.plaintext_read == self.plaintext.len() {
+                    self.plaintext = Vec::new();
+                    self.plaintext_read = 0;
+                }
+                return Ok(n);
+            }
+            if self.peer_closed {
+                return Ok(0);
+            }
+            let took = self.take_ciphertext(pending)?;
+            match self.step(None) {
+                Ok(Step::Again) => {}
+                Ok(Step::Blocked | Step::Ready) if took == 0 => return Err(io::ErrorKind::WouldBlock.into()),
+                Ok(Step::Blocked | Step::Ready) => {}
+                Err(e) => {
+                    log::debug!("TLS: {e}");
+                    self.broken = true;
+                }
+            }
+        }
+        // rustls kept reporting progress without any: not a state a peer should reach.
+        self.broken = true;
+        Err(io::ErrorKind::InvalidData.into())
+    }
+
+    fn write(&mut self, out: &mut Output, sink: &mut impl Sink, sent: &mut u64) -> io::Result<Flush> {
+        loop {
+            // Each round encrypts one record (or writes what is encrypted): it ends when the
+            // output does, or the socket blocks.
+            while self.outgoing_written < self.outgoing.len() {
+                match sink.write(&self.outgoing[self.outgoing_written..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        self.outgoing_written += n;
+                        *sent += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Pending),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.outgoing = Vec::new();
+            self.outgoing_written = 0;
+            if out.is_empty() && !self.owes_close_notify() {
+                return Ok(Flush::Done);
+            }
+            match self.step(Some(out)) {
+                Ok(Step::Again) => {}
+                // Still handshaking: the output waits for the keys.
+                Ok(Step::Blocked) => return Ok(Flush::Done),
+                Ok(Step::Ready) if self.outgoing.is_empty() => return Ok(Flush::Done),
+                Ok(Step::Ready) => {}
+                Err(e) => {
+                    log::debug!("TLS: {e}");
+                    self.broken = true;
+                    return Err(io::ErrorKind::InvalidData.into());
+                }
+            }
+        }
+    }
+}
+
+/// Appends what `encode` writes to `outgoing`, growing it to the size rustls asks for.
+/// `encode` returns the bytes written, or `Err(Some(size))` for a buffer too small,
+/// `Err(None)` for nothing to write.
+fn encode_into(
+    outgoing: &mut Vec<u8>,
+    guess: usize,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
+) {
+    let start = outgoing.len();
+    let mut room = guess;
+    loop {
+        outgoing.resize(start + room, 0);
+        match encode(&mut outgoing[start..]) {
+            Ok(n) => {
+                outgoing.truncate(start + n);
+                return;
+            }
+            Err(Some(required)) if required > room => room = required,
+            Err(_) => {
+                outgoing.truncate(start);
+                return;
+            }
+        }
     }
 }
 
@@ -149,26 +383,9 @@ pub(super) enum Plaintext<'w, 'p, 'a, 'b> {
 
 impl Read for Plaintext<'_, '_, '_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (tls, pending) = match self {
-            Plaintext::Plain(pending) => return pending.read(buf),
-            Plaintext::Tls(tls, pending) => (tls, pending),
-        };
-        if tls.broken {
-            return Err(io::ErrorKind::InvalidData.into());
-        }
-        loop {
-            match tls.conn.reader().read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // Ok(0): the peer's close_notify, an end of file.
-                result => return result,
-            }
-            // No plaintext yet: hand rustls more ciphertext. `pending` blocks when empty.
-            tls.conn.read_tls(*pending)?;
-            if let Err(e) = tls.conn.process_new_packets() {
-                log::debug!("TLS: {e}");
-                tls.broken = true;
-                return Err(io::ErrorKind::InvalidData.into());
-            }
+        match self {
+            Plaintext::Plain(pending) => pending.read(buf),
+            Plaintext::Tls(tls, pending) => tls.read(buf, pending),
         }
     }
 }
