@@ -9,9 +9,8 @@
 //! process-wide default, so no aws-lc or OpenSSL is built or linked and nothing depends on
 //! which provider another crate installed first.
 //!
-//! Per-connection memory is the connection's business, not the config's: the transport
-//! should bound each `ServerConnection` with `set_buffer_limit` (rustls's default is 64 KiB
-//! of unsent application data) to match `--max-output`.
+//! Per-connection memory is the connection's business, not the config's: the connection
+//! machine (`connection/wire.rs`) runs rustls's unbuffered API and owns every buffer.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -547,6 +547,7 @@ mod tls {
         exchange(&mut client, &mut conn, t0, &settings);
         let n = client.reader().read(&mut plaintext).unwrap();
         assert_eq!(&plaintext[..n], [&[0x81, 5][..], b"world"].concat());
+        assert_eq!(conn.held_bytes(), 0, "an idle TLS connection holds no buffer");
 
         // Our close: the close frame, then close_notify after it.
         let _ = conn.close(Close::Frame(CloseReason::Shutdown), t0, &settings);
