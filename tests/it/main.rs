@@ -18,4 +18,5 @@ mod in_process;
 mod lifecycle;
 mod limits;
 mod loadtest_smoke;
+mod output_limits;
 mod tls;
