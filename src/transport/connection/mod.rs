@@ -15,101 +15,44 @@
 //! [`Connection::close`] is the only way out of `Handshake` and `Open`. It reports whether
 //! the connection left `Open`, which is when the core must run its *leave* procedure; the
 //! transport funnels every close through one place that does so (`Connections::close`).
+//!
+//! This file is the machine and its phases. Around it: `handshake` (the HTTP request head),
+//! `websocket` (frames to events, the echo path, close codes), `input` (the stash), `output`
+//! (the bounded queue), `wire` (plain or TLS underneath), `settings`.
 
+mod handshake;
 mod input;
 mod output;
+mod settings;
 #[cfg(test)]
 mod tests;
+mod websocket;
 mod wire;
 
 use std::borrow::Cow;
-use std::io::{self, Read, Write};
+use std::io;
 use std::time::{Duration, Instant};
 
+use tungstenite::protocol::WebSocketContext;
 use tungstenite::protocol::frame::CloseFrame;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message, Utf8Bytes};
 
 pub use input::Stash;
 pub use output::Flush;
+pub use settings::Settings;
+pub use websocket::close_frame;
 pub use wire::{Sink, Wire};
 
-use super::http::{self, Head, Route, UpgradePolicy};
-use super::rate_limit::{RateLimiter, Verdict};
-use crate::config::Config;
+use super::http::{Route, UpgradePolicy};
+use super::rate_limit::RateLimiter;
 use crate::metrics::CloseReason;
+use handshake::{Decided, read_head};
 use input::Pending;
 use output::Output;
+use websocket::{WsIo, discard, drain_closing, read_messages};
 
 /// Bytes a frame header adds at most.
 const FRAME_OVERHEAD: usize = 14;
-/// Bytes tungstenite may add on its own (pongs, close replies) past the output cap. Beyond
-/// it tungstenite sees a blocked socket and keeps at most one pending control frame.
-const CONTROL_SLACK: usize = 4096;
-
-/// What the machine needs to know of the configuration; one per server, shared by all.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub ws: WebSocketConfig,
-    /// For connections on the conformance echo path (larger messages).
-    pub echo_ws: WebSocketConfig,
-    /// Unsent messages allowed (hard limit, client lists not counted): past it, 1008.
-    pub max_output: usize,
-    /// The echo path's own output bound.
-    pub echo_max_output: usize,
-    /// Unsent bytes, client lists included, tolerated for `max_output_soft_for`.
-    pub max_output_soft: usize,
-    pub max_output_soft_for: Duration,
-    pub ping_interval: Duration,
-    pub handshake_timeout: Duration,
-    pub max_request_head: usize,
-    /// Commands per second (0: unlimited) and back to back.
-    pub rate_limit: f64,
-    pub rate_burst: u32,
-    /// How long a closing connection may take to acknowledge our close frame.
-    pub close_linger: Duration,
-}
-
-/// tungstenite's own read buffer per connection, and the most it takes from the input per
-/// call. Small on purpose: thousands of idle clients each hold one; sockets are read in
-/// large chunks into the loop's single inbox instead.
-const READ_BUFFER: usize = 256;
-
-impl Settings {
-    /// The machines' share of the configuration.
-    pub fn new(config: &Config, close_linger: Duration) -> Settings {
-        let ws = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            // Frames go straight into the connection's own output, never held back.
-            .write_buffer_size(0)
-            .max_message_size(Some(config.max_message))
-            .max_frame_size(Some(config.max_message));
-        let echo_ws =
-            ws.max_message_size(Some(config.echo_max_message)).max_frame_size(Some(config.echo_max_message));
-        Settings {
-            ws,
-            echo_ws,
-            max_output: config.max_output,
-            echo_max_output: 2 * config.echo_max_message,
-            max_output_soft: config.max_output_soft,
-            max_output_soft_for: config.max_output_soft_for,
-            ping_interval: config.ping_interval,
-            handshake_timeout: config.handshake_timeout,
-            max_request_head: config.max_request_head,
-            rate_limit: config.rate_limit,
-            rate_burst: config.rate_burst,
-            close_linger,
-        }
-    }
-
-    /// A connection silent this long is gone; one whose writes take nothing this long is
-    /// not reading.
-    fn silence_limit(&self) -> Duration {
-        self.ping_interval * 2
-    }
-}
-
 /// How a connection ends.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Close {
@@ -516,190 +459,5 @@ impl Connection {
         } else {
             self.over_soft_since = None;
         }
-    }
-}
-
-/// How a complete request head is answered.
-enum Decided {
-    Event(Event),
-    Upgrade { ws: Box<WebSocketContext>, echo: bool, allowed_sid: Option<String> },
-}
-
-/// Reads the HTTP request head; decides once it is complete (or too large).
-fn read_head(
-    head: &mut Vec<u8>,
-    input: &mut dyn Read,
-    out: &mut Output,
-    settings: &Settings,
-    policy: &UpgradePolicy<'_>,
-) -> Option<Decided> {
-    let max_head = settings.max_request_head;
-    let mut chunk = [0u8; 2048];
-    loop {
-        let room = (max_head - head.len()).min(chunk.len());
-        let n = match input.read(&mut chunk[..room]) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => n,
-        };
-        let searched_from = head.len().saturating_sub(3);
-        head.extend_from_slice(&chunk[..n]);
-        let full = head.len() >= max_head;
-        // Parse only once the blank line that ends a head may be there: a client that
-        // trickles bytes costs a scan of what it sent, not a parse per byte.
-        let ends = head[searched_from..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r");
-        if !ends && !full {
-            continue;
-        }
-        return match http::read_head(head, full, policy) {
-            Head::Partial => continue,
-            Head::Respond(response) => {
-                Some(Decided::Event(Event::Close(Close::Http(Cow::Borrowed(response)))))
-            }
-            Head::Page { route, head_only } => Some(Decided::Event(Event::Page { route, head_only })),
-            Head::Upgrade { response, head_len, echo, allowed_sid } => {
-                out.push_raw(response.as_bytes());
-                let early_frames = head.get(head_len..).unwrap_or_default().to_vec();
-                let config = if echo { settings.echo_ws } else { settings.ws };
-                let ws = WebSocketContext::from_partially_read(early_frames, Role::Server, Some(config));
-                Some(Decided::Upgrade { ws: Box::new(ws), echo, allowed_sid })
-            }
-        };
-    }
-}
-
-/// Reads WebSocket frames until a message for the core, a close, or no more input.
-fn read_messages(
-    ws: &mut WebSocketContext,
-    echo: bool,
-    input: &mut dyn Read,
-    out: &mut Output,
-    rate: &mut RateLimiter,
-    now: Instant,
-    settings: &Settings,
-) -> Option<Event> {
-    let cap = if echo { settings.echo_max_output } else { settings.max_output };
-    loop {
-        let message = match ws.read(&mut WsIo { input, out, cap }) {
-            Ok(message) => message,
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return None,
-            Err(e) => return Some(Event::Close(close_for(&e))),
-        };
-        let (bytes, text) = match message {
-            Message::Text(text) => (Bytes::from(text), true),
-            Message::Binary(bytes) => (bytes, false),
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-            Message::Close(_) => return Some(Event::Close(Close::Answer)),
-        };
-        if !echo {
-            return Some(admit(rate, now, settings, bytes));
-        }
-        if !echo_back(out, &bytes, text, cap) {
-            return Some(Event::Close(Close::Frame(CloseReason::OutputLimit)));
-        }
-    }
-}
-
-/// A command passes the rate limiter, or becomes what the limiter calls for.
-fn admit(rate: &mut RateLimiter, now: Instant, settings: &Settings, message: Bytes) -> Event {
-    match rate.check(now, settings.rate_limit, settings.rate_burst) {
-        Verdict::Allow => Event::Message(message),
-        Verdict::Drop => Event::RateLimited,
-        Verdict::Disconnect => Event::Close(Close::Frame(CloseReason::RateLimit)),
-    }
-}
-
-/// The conformance echo path: the message goes back as it came. `false`: over the cap.
-fn echo_back(out: &mut Output, message: &[u8], text: bool, cap: usize) -> bool {
-    if out.unsent_counted() + message.len() > cap {
-        return false;
-    }
-    if text {
-        out.push_text(message);
-    } else {
-        out.push_binary(message);
-    }
-    true
-}
-
-/// A closing connection: discard what the peer still sends, notice when it is done.
-fn drain_closing(
-    ws: Option<&mut WebSocketContext>,
-    peer_done: &mut bool,
-    input: &mut dyn Read,
-    out: &mut Output,
-    cap: usize,
-) {
-    let Some(ws) = ws else { return discard(input) };
-    while !*peer_done {
-        match ws.read(&mut WsIo { input, out, cap }) {
-            Ok(Message::Close(_)) => *peer_done = true,
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(_) => *peer_done = true,
-        }
-    }
-    discard(input);
-}
-
-fn discard(input: &mut dyn Read) {
-    let mut sink = [0u8; 1024];
-    while matches!(input.read(&mut sink), Ok(n) if n > 0) {}
-}
-
-/// What tungstenite reads from and writes to. Writes go into the connection's output, so
-/// frames tungstenite makes (pongs, close frames) and frames the core's messages become can
-/// never interleave mid-frame.
-struct WsIo<'a> {
-    input: &'a mut dyn Read,
-    out: &'a mut Output,
-    cap: usize,
-}
-
-impl Read for WsIo<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.input.read(buf)
-    }
-}
-
-impl Write for WsIo<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.out.unsent_counted() > self.cap + CONTROL_SLACK {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        self.out.push_raw(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// How a read error ends a connection (RFC 6455 close codes).
-fn close_for(error: &tungstenite::Error) -> Close {
-    use tungstenite::error::ProtocolError;
-    match error {
-        tungstenite::Error::ConnectionClosed
-        | tungstenite::Error::AlreadyClosed
-        | tungstenite::Error::Io(_)
-        | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            Close::Drop(CloseReason::ConnectionLost)
-        }
-        tungstenite::Error::Capacity(_) => Close::Frame(CloseReason::MessageTooBig),
-        tungstenite::Error::Utf8(_) => Close::Frame(CloseReason::InvalidUtf8),
-        _ => Close::Frame(CloseReason::ProtocolError),
-    }
-}
-
-/// The close frame the server sends for a reason it closes a connection for.
-pub fn close_frame(reason: CloseReason) -> (CloseCode, &'static str) {
-    match reason {
-        CloseReason::MessageTooBig => (CloseCode::Size, "message too big"),
-        CloseReason::OutputLimit => (CloseCode::Policy, "output limit exceeded: not reading"),
-        CloseReason::OutputSoftLimit => (CloseCode::Policy, "output limit exceeded: reading too slowly"),
-        CloseReason::RateLimit => (CloseCode::Policy, "rate limit exceeded, repeatedly"),
-        CloseReason::InvalidUtf8 => (CloseCode::Invalid, "invalid UTF-8 in a text message"),
-        CloseReason::Shutdown => (CloseCode::Away, "server shutting down"),
-        _ => (CloseCode::Protocol, "WebSocket protocol violation"),
     }
 }

@@ -189,7 +189,10 @@ fn a_token_is_checked_against_the_time_passed_in() {
         if opened {
             assert_eq!(events, [Event::Opened { allowed_sid: Some("alice".into()) }]);
         } else {
-            assert_eq!(events, [Event::Close(Close::Http(Cow::Borrowed(http::UNAUTHORIZED)))]);
+            assert_eq!(
+                events,
+                [Event::Close(Close::Http(Cow::Borrowed(crate::transport::http::UNAUTHORIZED)))]
+            );
         }
     }
 }
