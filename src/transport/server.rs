@@ -41,6 +41,10 @@ const FIRST_CONNECTION: usize = 2;
 
 /// Messages read from one connection before the loop moves on to others.
 const MESSAGES_PER_READ: usize = 32;
+/// Socket reads (of up to an inbox each) from one connection per turn. With the message
+/// budget, this bounds one client's share of a turn even when its frames yield no events
+/// at all (a flood of pings or of empty fragments): the rest waits for the next turn.
+const READS_PER_TURN: usize = 2;
 /// Connections accepted per turn; more wait for the next turn (which does not sleep), so a
 /// connection flood cannot hold up the clients already connected.
 const ACCEPTS_PER_TURN: usize = 256;
@@ -384,9 +388,12 @@ impl Server {
         if resumed || self.conns.get_mut(id).is_some_and(|slot| slot.machine.has_unread()) {
             self.feed(id, &mut &[][..], &mut budget);
         }
-        while budget > 0 {
+        // The socket may hold more than this turn read of it.
+        let mut more = false;
+        for _ in 0..READS_PER_TURN {
+            more = false;
             let Some(slot) = self.conns.get_mut(id) else { break };
-            if slot.machine.is_finished() || slot.machine.has_unread() {
+            if budget == 0 || slot.machine.is_finished() || slot.machine.has_unread() {
                 break;
             }
             let n = match self.conns.read_socket(id, &mut inbox) {
@@ -414,12 +421,13 @@ impl Server {
             // would only say EAGAIN is skipped. That is a third of the syscalls when each
             // connection has one message per turn. Not so once the peer has hung up: its
             // FIN raised its event already, so the end of file must be read now.
-            if n < inbox.len() && !self.conns.get_mut(id).is_some_and(|slot| slot.hung_up) {
+            more = n == inbox.len() || self.conns.get_mut(id).is_some_and(|slot| slot.hung_up);
+            if !more {
                 break;
             }
         }
         self.inbox = inbox;
-        if budget == 0
+        if (budget == 0 || more)
             && let Some(slot) = self.conns.get_mut(id)
             && !slot.read_queued
         {

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use simd_json::prelude::*;
 use tungstenite::Message;
@@ -246,4 +246,67 @@ fn slowloris_is_dropped_at_the_handshake_deadline_without_stalling_others() {
     assert!(closed, "the slow client was never dropped");
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(2), "{took:?}");
+}
+
+/// A masked client frame with a short payload.
+fn small_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    frame(first, true, payload)
+}
+
+/// Frames that never make a message still cost the loop; they must not keep it from the
+/// other clients. The attacker writes as fast as loopback takes it for two seconds.
+fn a_flood_of_frames_without_messages_does_not_stall_others(stream: Vec<u8>, repeat_from: usize) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let server = Server::start_with(&["--rate-limit", "0"]);
+    let mut pair = Pair::open(&server, "alice", "bob");
+    let mut attacker = raw_upgrade(&server);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut first = true;
+            while !stop.load(Ordering::Relaxed) {
+                let chunk = if first { &stream[..] } else { &stream[repeat_from..] };
+                first = false;
+                if attacker.write_all(chunk).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let round = Instant::now();
+        pair.relay_works();
+        server.register(&format!("newcomer-{rounds}"));
+        worst = worst.max(round.elapsed());
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    flooding.join().expect("flooder");
+    // Generous for a shared machine: a stalled loop would not answer at all.
+    assert!(worst < Duration::from_secs(1), "a relay and a registration took {worst:?} during the flood");
+    assert!(rounds >= 3, "only {rounds} rounds in 2 s");
+}
+
+#[test]
+fn a_ping_flood_does_not_stall_other_clients() {
+    let pings: Vec<u8> = (0..20_000).flat_map(|_| small_frame(0x89, b"")).collect();
+    a_flood_of_frames_without_messages_does_not_stall_others(pings, 0);
+}
+
+#[test]
+fn a_flood_of_empty_fragments_does_not_stall_other_clients() {
+    // A text message that never ends: FIN clear, then empty continuation frames forever.
+    let mut fragments = small_frame(0x01, b"");
+    let start_len = fragments.len();
+    for _ in 0..20_000 {
+        fragments.extend(small_frame(0x00, b""));
+    }
+    a_flood_of_frames_without_messages_does_not_stall_others(fragments, start_len);
 }
