@@ -107,6 +107,11 @@ impl Connections {
             return;
         };
         if slot.machine.is_ending() {
+            // Already on its way out: only a dead socket (read or write error) cuts the
+            // linger short. It is counted once, when it first closed.
+            if matches!(how, Close::Drop(_)) {
+                let _ = slot.machine.close(how, now, &self.settings);
+            }
             return;
         }
         log::debug!("closing {}: {how:?}", id.index());

@@ -211,7 +211,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
-            let timeout = if self.read_again.is_empty() {
+            let timeout = if self.read_again.is_empty() && !self.accept_more {
                 self.next_wake().saturating_duration_since(now)
             } else {
                 Duration::ZERO
@@ -245,6 +245,8 @@ impl Server {
                     }
                 }
             }
+            // The listener had more than a turn's accepts: the rest now (edge-triggered, it
+            // raises no new event for connections already waiting).
             if std::mem::take(&mut self.accept_more) {
                 self.accept(now);
             }
@@ -461,7 +463,10 @@ impl Server {
                     self.core.handle_message(id, &message, now, &mut self.conns);
                     self.run_departures(now);
                 }
-                Event::RateLimited => self.core.refuse(id, ErrorCode::RateLimited, &mut self.conns),
+                Event::RateLimited => {
+                    self.core.refuse(id, ErrorCode::RateLimited, &mut self.conns);
+                    self.run_departures(now);
+                }
                 Event::Page { route, head_only } => {
                     let open = self.conns.slab.len();
                     let page = pages::render(route, head_only, &self.conns.metrics, &self.core, open);

@@ -291,15 +291,13 @@ impl Connection {
             }
             // Nothing to answer to: a handshake that ends any other way just ends.
             (Phase::Handshake { .. }, Close::Frame(_) | Close::Answer) => Phase::Closed,
-            (Phase::Open { mut ws, .. }, Close::Frame(reason)) => {
+            (Phase::Open { mut ws, echo }, Close::Frame(reason)) => {
+                let cap = settings.output_cap(echo);
                 let (code, text) = close_frame(reason);
                 let frame = CloseFrame { code, reason: Utf8Bytes::from_static(text) };
                 let mut input = Pending { stash: &mut self.stash, fresh: &mut &[][..] };
                 // An error only means the frame could not be queued; the deadline ends it.
-                let _ = ws.close(
-                    &mut WsIo { input: &mut input, out: &mut self.out, cap: settings.max_output },
-                    Some(frame),
-                );
+                let _ = ws.close(&mut WsIo { input: &mut input, out: &mut self.out, cap }, Some(frame));
                 // After an oversized frame tungstenite still expects that frame's payload:
                 // its state is of no use for reading the reply, so the rest is discarded.
                 let ws = (reason != CloseReason::MessageTooBig).then_some(ws);
@@ -336,7 +334,8 @@ impl Connection {
                 self.out = Output::default();
                 None
             }
-            Phase::Open { ws, .. } => {
+            Phase::Open { ws, echo } => {
+                let cap = settings.output_cap(*echo);
                 let silence = settings.silence_limit();
                 if now.saturating_duration_since(self.last_seen) >= silence {
                     return Some(Close::Drop(CloseReason::LivenessTimeout));
@@ -356,7 +355,7 @@ impl Connection {
                 if now >= self.next_ping {
                     self.next_ping = now + settings.ping_interval;
                     let mut input = Pending { stash: &mut self.stash, fresh: &mut &[][..] };
-                    let mut io = WsIo { input: &mut input, out: &mut self.out, cap: settings.max_output };
+                    let mut io = WsIo { input: &mut input, out: &mut self.out, cap };
                     let _ = ws.write(&mut io, Message::Ping(Bytes::new()));
                 }
                 None
@@ -454,7 +453,8 @@ impl Connection {
 
     /// Starts or stops the soft-limit clock.
     fn track_output(&mut self, now: Instant, settings: &Settings) {
-        if self.out.held() + self.wire.held() > settings.max_output_soft {
+        // Output only: what a TLS wire holds of incoming records is input, like the stash.
+        if self.out.held() + self.wire.held_output() > settings.max_output_soft {
             self.over_soft_since.get_or_insert(now);
         } else {
             self.over_soft_since = None;

@@ -63,6 +63,11 @@ impl Settings {
 
     /// A connection silent this long is gone; one whose writes take nothing this long is
     /// not reading.
+    /// The output bound of a connection: the echo path has its own.
+    pub(super) fn output_cap(&self, echo: bool) -> usize {
+        if echo { self.echo_max_output } else { self.max_output }
+    }
+
     pub(super) fn silence_limit(&self) -> Duration {
         self.ping_interval * 2
     }

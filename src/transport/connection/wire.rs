@@ -8,7 +8,8 @@
 //! buffered `ServerConnection` holds a 4 KiB record buffer per connection for its whole
 //! life, while here every buffer is empty and unallocated between messages, as a plain
 //! connection's are. Ciphertext arrives from the same inbox and stash a plain connection
-//! reads; records are decrypted in place; our output queue is encrypted as it is written,
+//! reads; rustls decrypts each record and the plaintext waits here until the WebSocket
+//! reads it; our output queue is encrypted as it is written,
 //! at most one record (16 KiB) ahead of the socket, so shared client lists stay shared
 //! until the last moment and the output limits still count them.
 
@@ -146,6 +147,14 @@ impl Wire {
         match self {
             Wire::Plain => 0,
             Wire::Tls(tls) => tls.incoming.len() + tls.plaintext.len() + tls.outgoing.len(),
+        }
+    }
+
+    /// TLS bytes waiting for the socket.
+    pub(super) fn held_output(&self) -> usize {
+        match self {
+            Wire::Plain => 0,
+            Wire::Tls(tls) => tls.outgoing.len() - tls.outgoing_written,
         }
     }
 
