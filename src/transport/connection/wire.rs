@@ -198,13 +198,7 @@ impl Tls {
                 Step::Again
             }
             ConnectionState::EncodeTlsData(mut handshake) => {
-                encode_into(outgoing, 4096, |buf| match handshake.encode(buf) {
-                    Ok(n) => Ok(n),
-                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                        Err(Some(required_size))
-                    }
-                    Err(_) => Err(None),
-                });
+                encode_into(outgoing, 4096, |buf| handshake.encode(buf).map_err(encode_needs));
                 Step::Again
             }
             // Our outgoing queue keeps the bytes in order; they go out with everything else.
@@ -227,23 +221,13 @@ impl Tls {
                     if let Some(chunk) = out.front(MAX_RECORD_PLAINTEXT) {
                         let len = chunk.len();
                         encode_into(outgoing, len + RECORD_OVERHEAD, |buf| {
-                            match traffic.encrypt(chunk, buf) {
-                                Ok(n) => Ok(n),
-                                Err(EncryptError::InsufficientSize(InsufficientSizeError {
-                                    required_size,
-                                })) => Err(Some(required_size)),
-                                Err(_) => Err(None),
-                            }
+                            traffic.encrypt(chunk, buf).map_err(encrypt_needs)
                         });
                         out.consume(len);
                     } else if *closing && !*close_notify_sent {
                         *close_notify_sent = true;
-                        encode_into(outgoing, RECORD_OVERHEAD, |buf| match traffic.queue_close_notify(buf) {
-                            Ok(n) => Ok(n),
-                            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                                Err(Some(required_size))
-                            }
-                            Err(_) => Err(None),
+                        encode_into(outgoing, RECORD_OVERHEAD, |buf| {
+                            traffic.queue_close_notify(buf).map_err(encrypt_needs)
                         });
                     }
                 }
@@ -362,6 +346,22 @@ impl Tls {
 /// Appends what `encode` writes to `outgoing`, growing it to the size rustls asks for.
 /// `encode` returns the bytes written, or `Err(Some(size))` for a buffer too small,
 /// `Err(None)` for nothing to write.
+/// The buffer size rustls asks for, or `None` for an error a bigger buffer would not mend.
+fn encode_needs(error: EncodeError) -> Option<usize> {
+    match error {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => Some(required_size),
+        _ => None,
+    }
+}
+
+/// As [`encode_needs`], for encryption.
+fn encrypt_needs(error: EncryptError) -> Option<usize> {
+    match error {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => Some(required_size),
+        _ => None,
+    }
+}
+
 fn encode_into(
     outgoing: &mut Vec<u8>,
     guess: usize,
