@@ -254,10 +254,16 @@ fn small_frame(first: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Frames that never make a message still cost the loop; they must not keep it from the
-/// other clients. The attacker writes as fast as loopback takes it for two seconds.
+/// other clients. The attacker writes as fast as loopback takes it until the other clients
+/// have been served a few times, or for at most `FLOOD_LIMIT`. A loop held by the attacker
+/// would serve nobody until the flood ends, so a round lasting as long as the flood is a
+/// stall; anything shorter is only this shared machine being busy (CI runs the browser tests
+/// beside this one), which no fixed bound of a second or so survives.
 fn a_flood_of_frames_without_messages_does_not_stall_others(stream: Vec<u8>, repeat_from: usize) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
+    const FLOOD_LIMIT: Duration = Duration::from_secs(20);
+    const ROUNDS: usize = 5;
 
     let server = Server::start_with(&["--rate-limit", "0"]);
     let mut pair = Pair::open(&server, "alice", "bob");
@@ -266,32 +272,34 @@ fn a_flood_of_frames_without_messages_does_not_stall_others(stream: Vec<u8>, rep
     let flooding = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
+            let started = Instant::now();
             let mut first = true;
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < FLOOD_LIMIT {
                 let chunk = if first { &stream[..] } else { &stream[repeat_from..] };
                 first = false;
                 if attacker.write_all(chunk).is_err() {
-                    break;
+                    return false;
                 }
             }
+            // Still flooding when told to stop: the rounds were served during the flood.
+            stop.load(Ordering::Relaxed)
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let started = Instant::now();
     let mut worst = Duration::ZERO;
-    let mut rounds = 0;
-    while started.elapsed() < Duration::from_secs(2) {
-        let round = Instant::now();
+    for round in 0..ROUNDS {
+        let started = Instant::now();
         pair.relay_works();
-        server.register(&format!("newcomer-{rounds}"));
-        worst = worst.max(round.elapsed());
-        rounds += 1;
+        server.register(&format!("newcomer-{round}"));
+        worst = worst.max(started.elapsed());
     }
     stop.store(true, Ordering::Relaxed);
-    flooding.join().expect("flooder");
-    // Generous for a shared machine: a stalled loop would not answer at all.
-    assert!(worst < Duration::from_secs(1), "a relay and a registration took {worst:?} during the flood");
-    assert!(rounds >= 3, "only {rounds} rounds in 2 s");
+    let flooded_throughout = flooding.join().expect("flooder");
+    assert!(
+        flooded_throughout,
+        "the flood ended (closed, or ran {FLOOD_LIMIT:?}) before the rounds did; worst round {worst:?}"
+    );
+    assert!(worst < FLOOD_LIMIT / 4, "a relay and a registration took {worst:?} during the flood");
 }
 
 #[test]
