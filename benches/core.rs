@@ -36,6 +36,12 @@ impl Outbox for CountingOutbox {
         self.list_bytes += list.len() as u64;
         ListDelivery::Queued
     }
+
+    fn messages_queued(&self, _to: ConnId) -> u64 {
+        self.messages + self.lists
+    }
+
+    fn take_over(&mut self, _old: ConnId) {}
 }
 
 /// Deterministic session ids (splitmix64), so setting up thousands of sessions makes no

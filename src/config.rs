@@ -37,6 +37,9 @@ pub struct Config {
     pub echo_max_message: usize,
     /// With both set, the listener speaks only TLS (PEM files; SIGHUP reloads them).
     pub tls: Option<TlsFiles>,
+    /// How long a resumable client whose connection was lost stays registered, waiting
+    /// for a resume; zero turns resume off.
+    pub resume_grace: Duration,
 }
 
 /// The certificate chain (leaf first) and private key of `--tls-cert` and `--tls-key`.
@@ -68,6 +71,7 @@ impl Default for Config {
             echo_path: None,
             echo_max_message: 16 << 20,
             tls: None,
+            resume_grace: Duration::from_secs(15),
         }
     }
 }
@@ -153,6 +157,12 @@ OPTIONS:
                                an error. [default: off]
     --tls-key FILE             The PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
                                [default: off]
+    --resume-grace SECONDS     A client that registered with \"resume\":true and loses its
+                               connection without a close frame (reset, network change,
+                               liveness timeout) stays registered this long, in its session,
+                               its messages held (at most --max-output bytes, past it it is
+                               gone), until it resumes on a new connection. After it, its
+                               peer gets `leave`. 0 turns resume off. [default: 15]
     -h, --help                 Print this help.
     -V, --version              Print the version.
 
@@ -226,6 +236,13 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
             }
             Long("tls-cert") => tls_cert = Some(value::<String>(&mut parser, "--tls-cert")?.into()),
             Long("tls-key") => tls_key = Some(value::<String>(&mut parser, "--tls-key")?.into()),
+            Long("resume-grace") => {
+                let secs: f64 = value(&mut parser, "--resume-grace")?;
+                if !(0.0..=86_400.0).contains(&secs) {
+                    return Err("--resume-grace must be between 0 and 86400 seconds".into());
+                }
+                config.resume_grace = Duration::from_secs_f64(secs);
+            }
             Long("echo-max-message") => {
                 config.echo_max_message = positive(&mut parser, "--echo-max-message")?
             }

@@ -29,6 +29,8 @@ indexed_enum! {
         /// Kept flooding past the rate limit.
         RateLimit,
         HandshakeTimeout,
+        /// A newer connection resumed this one's client (close code 4001).
+        TakenOver,
         /// A plain HTTP request was answered (or refused) and the connection closed.
         Http,
         Shutdown,
@@ -48,6 +50,7 @@ impl CloseReason {
             CloseReason::InvalidUtf8 => "invalid_utf8",
             CloseReason::RateLimit => "rate_limit",
             CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::TakenOver => "taken_over",
             CloseReason::Http => "http",
             CloseReason::Shutdown => "shutdown",
         }
@@ -106,6 +109,14 @@ impl Metrics {
             None,
             [("", registered)],
         );
+        family(
+            &mut out,
+            "signaling_clients_away",
+            "gauge",
+            "Registered clients whose connection was lost, waiting for a resume (--resume-grace).",
+            None,
+            [("", core.away as u64)],
+        );
         let sessions = [
             ("new", core.sessions_new as u64),
             ("pending", core.sessions_pending as u64),
@@ -140,6 +151,22 @@ impl Metrics {
             ("signaling_client_lists_sent_total", "clu messages queued to clients.", core.client_lists_sent),
             ("signaling_client_list_bytes_total", "Bytes of clu messages queued.", core.client_list_bytes),
             ("signaling_connections_accepted_total", "TCP connections accepted.", self.connections_accepted),
+            (
+                "signaling_resumes_total",
+                "Resumes that took a client over on a new connection.",
+                counters.resumes,
+            ),
+            ("signaling_resumes_refused_total", "Resumes refused with error 9104.", counters.resumes_refused),
+            (
+                "signaling_resume_graces_expired_total",
+                "Away clients whose --resume-grace ran out: they are gone, their peers got leave.",
+                counters.graces_expired,
+            ),
+            (
+                "signaling_resume_held_over_limit_total",
+                "Away clients gone because what was held for them passed --max-output.",
+                counters.held_over_limit,
+            ),
             (
                 "signaling_connections_refused_total",
                 "Connections refused with 503 at --max-connections or --max-connections-per-ip.",

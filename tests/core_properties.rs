@@ -521,6 +521,14 @@ impl Outbox for Recorder {
         self.sent.push(Sent { to, text: list.to_vec(), list: true });
         ListDelivery::Queued
     }
+
+    fn messages_queued(&self, to: ConnId) -> u64 {
+        self.sent.iter().filter(|sent| sent.to == to).count() as u64
+    }
+
+    fn take_over(&mut self, old: ConnId) {
+        self.closing.insert(old);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -294,6 +294,14 @@ impl Outbox for RawOutbox {
         self.sent.push((to, list.to_vec()));
         ListDelivery::Queued
     }
+
+    fn messages_queued(&self, to: ConnId) -> u64 {
+        self.sent.iter().filter(|(conn, _)| *conn == to).count() as u64
+    }
+
+    fn take_over(&mut self, old: ConnId) {
+        self.closing.insert(old);
+    }
 }
 
 struct Harness {

@@ -189,7 +189,7 @@ fuzz_target!(|input: &[u8]| {
                     }
                 }
                 Event::Message(message) => assert!(message.len() <= max_message, "message of {}", message.len()),
-                Event::RateLimited => {}
+                Event::RateLimited | Event::Acknowledged { .. } => {}
                 // The loop renders the page; here a stand-in answer of the same kind.
                 Event::Page { .. } => {
                     let _ = conn.close(Close::Http(Cow::Borrowed(b"HTTP/1.1 200 OK\r\n\r\n")), now, &settings);

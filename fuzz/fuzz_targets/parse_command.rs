@@ -48,10 +48,15 @@ fuzz_target!(|data: &[u8]| {
     let field = |name: &str| object.as_ref().and_then(|o| o.get(name));
 
     match command {
-        Command::Register { sid } => {
+        Command::Register { sid, resume: _ } => {
             assert_eq!(kind, CommandKind::Register);
             check_id(sid, field("sId"));
             assert!(!sid.chars().any(char::is_control), "control character in sId {sid:?}");
+        }
+        Command::Resume { sid, token, received: _ } => {
+            assert_eq!(kind, CommandKind::Resume);
+            check_id(sid, field("sId"));
+            assert!(!token.is_empty(), "an empty token accepted");
         }
         Command::Session { opponent_id } => {
             assert_eq!(kind, CommandKind::Session);

@@ -12,6 +12,25 @@ pub fn registered(out: &mut Vec<u8>, sid: &EscapedJson) {
     out.push(b'}');
 }
 
+/// `{"cmd":"sId","sId":…,"resumeToken":…}`, the reply to a registration that opted in to
+/// resume. The token is URL-safe base64: nothing in it needs escaping.
+pub fn registered_resumable(out: &mut Vec<u8>, sid: &EscapedJson, token: &str) {
+    out.extend_from_slice(br#"{"cmd":"sId","sId":"#);
+    out.extend_from_slice(sid.as_str().as_bytes());
+    out.extend_from_slice(br#","resumeToken":""#);
+    out.extend_from_slice(token.as_bytes());
+    out.extend_from_slice(br#""}"#);
+}
+
+/// `{"cmd":"resume","sId":…,"resumeToken":…}`, the reply to a resume that succeeded.
+pub fn resumed(out: &mut Vec<u8>, sid: &EscapedJson, token: &str) {
+    out.extend_from_slice(br#"{"cmd":"resume","sId":"#);
+    out.extend_from_slice(sid.as_str().as_bytes());
+    out.extend_from_slice(br#","resumeToken":""#);
+    out.extend_from_slice(token.as_bytes());
+    out.extend_from_slice(br#""}"#);
+}
+
 /// `{"cmd":"session","sessionId":…}`, the reply to the client that opened a session.
 pub fn session_opened(out: &mut Vec<u8>, session: SessionId) {
     out.extend_from_slice(br#"{"cmd":"session","sessionId":"#);

@@ -15,6 +15,7 @@ indexed_enum! {
         AlreadyRegistered = 9101,
         SidTaken = 9102,
         SidNotAllowed = 9103,
+        ResumeRefused = 9104,
         SessionWithSelf = 9200,
         OpponentNotFound = 9201,
         AlreadyInSession = 9202,
@@ -52,6 +53,8 @@ impl ErrorCode {
             ErrorCode::SidNotAllowed => {
                 r#"{"cmd":"error","code":9103,"message":"this connection may not register that sId"}"#
             }
+            // One text for every cause: a client learns nothing about which check failed.
+            ErrorCode::ResumeRefused => r#"{"cmd":"error","code":9104,"message":"resume refused"}"#,
             ErrorCode::SessionWithSelf => {
                 r#"{"cmd":"error","code":9200,"message":"cannot open a session with yourself"}"#
             }

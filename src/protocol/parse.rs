@@ -18,10 +18,11 @@ use crate::indexed_enum::indexed_enum;
 pub const MAX_ID_BYTES: usize = 64;
 
 indexed_enum! {
-    /// The eight client commands.
+    /// The client commands.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum CommandKind {
         Register,
+        Resume,
         Session,
         Call,
         Accept,
@@ -36,6 +37,7 @@ impl CommandKind {
     fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "sId" => CommandKind::Register,
+            "resume" => CommandKind::Resume,
             "session" => CommandKind::Session,
             "call" => CommandKind::Call,
             "accept" => CommandKind::Accept,
@@ -51,6 +53,7 @@ impl CommandKind {
     pub fn name(self) -> &'static str {
         match self {
             CommandKind::Register => "sId",
+            CommandKind::Resume => "resume",
             CommandKind::Session => "session",
             CommandKind::Call => "call",
             CommandKind::Accept => "accept",
@@ -99,6 +102,16 @@ impl Relay {
 pub enum Command<'a> {
     Register {
         sid: &'a str,
+        /// The `resume` field; the core decides what it means (resume may be off).
+        resume: OptIn,
+    },
+    /// Take a registered client over on this connection (PROTOCOL.md, *Resume*).
+    Resume {
+        sid: &'a str,
+        /// As sent: the core compares it with the client's, whatever its shape.
+        token: &'a str,
+        /// Messages the client received since its last registration or resume reply.
+        received: u64,
     },
     Session {
         opponent_id: &'a str,
@@ -115,6 +128,16 @@ pub enum Command<'a> {
         /// The optional `data`.
         data: Option<RawJson<'a>>,
     },
+}
+
+/// A boolean opt-in field such as `resume`: only `true` opts in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OptIn {
+    #[default]
+    Absent,
+    Yes,
+    /// Present, but not `true`.
+    Invalid,
 }
 
 /// A top-level field after normalisation.
@@ -142,6 +165,9 @@ pub struct Request<'a> {
     answer: Option<RawJson<'a>>,
     icecandidate: Option<RawJson<'a>>,
     data: Option<RawJson<'a>>,
+    resume: OptIn,
+    resume_token: Scalar<'a>,
+    received: Scalar<'a>,
 }
 
 impl Request<'_> {
@@ -154,8 +180,16 @@ impl Request<'_> {
                 if sid.chars().any(char::is_control) {
                     return Err(ErrorCode::InvalidField);
                 }
-                Ok(Command::Register { sid })
+                Ok(Command::Register { sid, resume: self.resume })
             }
+            CommandKind::Resume => Ok(Command::Resume {
+                sid: id(&self.sid)?,
+                token: match &self.resume_token {
+                    Scalar::Text(text) if !text.is_empty() => text,
+                    _ => return Err(ErrorCode::InvalidField),
+                },
+                received: count(&self.received)?,
+            }),
             CommandKind::Session => Ok(Command::Session { opponent_id: id(&self.opponent_id)? }),
             CommandKind::Call => self.relay(Relay::Call, self.offer),
             CommandKind::Accept => self.relay(Relay::Accept, self.answer),
@@ -186,6 +220,16 @@ impl Request<'_> {
 fn id<'s>(field: &'s Scalar<'_>) -> Result<&'s str, ErrorCode> {
     match field {
         Scalar::Text(text) if !text.is_empty() && text.len() <= MAX_ID_BYTES => Ok(text),
+        _ => Err(ErrorCode::InvalidField),
+    }
+}
+
+/// A count: a non-negative integer, sent as a number or as its decimal text.
+fn count(field: &Scalar<'_>) -> Result<u64, ErrorCode> {
+    match field {
+        Scalar::Text(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            text.parse().map_err(|_| ErrorCode::InvalidField)
+        }
         _ => Err(ErrorCode::InvalidField),
     }
 }
@@ -236,6 +280,9 @@ fn read_request<'a>(
         answer: None,
         icecandidate: None,
         data: None,
+        resume: OptIn::Absent,
+        resume_token: Scalar::Missing,
+        received: Scalar::Missing,
     };
     let mut spans = MemberSpans { structurals, raw, next: 1 };
     let mut at = 1;
@@ -256,6 +303,15 @@ fn read_request<'a>(
             "answer" => request.answer = Some(span),
             "icecandidate" => request.icecandidate = Some(span),
             "data" => request.data = Some(span),
+            "resume" => {
+                request.resume = if matches!(value, Node::Static(StaticNode::Bool(true))) {
+                    OptIn::Yes
+                } else {
+                    OptIn::Invalid
+                }
+            }
+            "resumeToken" => request.resume_token = scalar(value),
+            "received" => request.received = scalar(value),
             _ => {}
         }
     }
@@ -335,7 +391,10 @@ mod tests {
             RawJson::from_validated(Box::leak(t.as_bytes().to_vec().into_boxed_slice()))
         };
         match command {
-            Command::Register { sid } => Command::Register { sid: s(sid) },
+            Command::Register { sid, resume } => Command::Register { sid: s(sid), resume },
+            Command::Resume { sid, token, received } => {
+                Command::Resume { sid: s(sid), token: s(token), received }
+            }
             Command::Session { opponent_id } => Command::Session { opponent_id: s(opponent_id) },
             Command::Relay { action, session_id, payload } => {
                 Command::Relay { action, session_id: s(session_id), payload: payload.map(b) }
@@ -400,8 +459,14 @@ mod tests {
 
     #[test]
     fn top_level_strings_are_trimmed_and_numbers_become_strings() {
-        assert_eq!(parse(r#"{"cmd":" sId ","sId":"  a\t"}"#), Ok(Command::Register { sid: "a" }));
-        assert_eq!(parse(r#"{"cmd":"sId","sId":42}"#), Ok(Command::Register { sid: "42" }));
+        assert_eq!(
+            parse(r#"{"cmd":" sId ","sId":"  a\t"}"#),
+            Ok(Command::Register { sid: "a", resume: OptIn::Absent })
+        );
+        assert_eq!(
+            parse(r#"{"cmd":"sId","sId":42}"#),
+            Ok(Command::Register { sid: "42", resume: OptIn::Absent })
+        );
         for (number, text) in [
             ("42.0", "42"),
             ("4.2e1", "42"),
@@ -415,16 +480,22 @@ mod tests {
             ("12345678901234567890", "12345678901234567000"),
         ] {
             let json = format!(r#"{{"cmd":"sId","sId":{number}}}"#);
-            assert_eq!(parse(&json), Ok(Command::Register { sid: text }), "{number}");
+            assert_eq!(parse(&json), Ok(Command::Register { sid: text, resume: OptIn::Absent }), "{number}");
         }
         // Unicode white space is trimmed too (str::trim); escapes are decoded.
         assert_eq!(
             parse("{\"cmd\":\"sId\",\"sId\":\"\u{3000}b\u{a0}\"}"),
-            Ok(Command::Register { sid: "b" })
+            Ok(Command::Register { sid: "b", resume: OptIn::Absent })
         );
-        assert_eq!(parse(r#"{"cmd":"sId","sId":"\u0041\n"}"#), Ok(Command::Register { sid: "A" }));
+        assert_eq!(
+            parse(r#"{"cmd":"sId","sId":"\u0041\n"}"#),
+            Ok(Command::Register { sid: "A", resume: OptIn::Absent })
+        );
         // The last duplicate wins.
-        assert_eq!(parse(r#"{"cmd":"sId","sId":"x","sId":"y"}"#), Ok(Command::Register { sid: "y" }));
+        assert_eq!(
+            parse(r#"{"cmd":"sId","sId":"x","sId":"y"}"#),
+            Ok(Command::Register { sid: "y", resume: OptIn::Absent })
+        );
     }
 
     #[test]
@@ -461,7 +532,10 @@ mod tests {
     fn ids_are_limited_to_64_bytes_after_trimming() {
         let ok = "é".repeat(32); // 64 bytes
         let json = format!(r#"{{"cmd":"sId","sId":"  {ok}  "}}"#);
-        assert_eq!(parse(&json), Ok(Command::Register { sid: Box::leak(ok.into_boxed_str()) }));
+        assert_eq!(
+            parse(&json),
+            Ok(Command::Register { sid: Box::leak(ok.into_boxed_str()), resume: OptIn::Absent })
+        );
         let long = format!(r#"{{"cmd":"sId","sId":"{}"}}"#, "a".repeat(65));
         assert_eq!(parse(&long), Err(ErrorCode::InvalidField));
     }
@@ -524,8 +598,42 @@ mod tests {
         for i in 0..100 {
             let json = format!(r#"{{"cmd":"sId","sId":"client-{i}"}}"#);
             let request = parser.parse(json.as_bytes()).expect("parses");
-            assert_eq!(request.command(), Ok(Command::Register { sid: &format!("client-{i}") }));
+            assert_eq!(
+                request.command(),
+                Ok(Command::Register { sid: &format!("client-{i}"), resume: OptIn::Absent })
+            );
             assert_eq!(parser.parse(b"{").map(|r| r.kind), Err(ErrorCode::InvalidJson));
+        }
+    }
+
+    #[test]
+    fn resume_fields() {
+        let yes = parse(r#"{"cmd":"sId","sId":"a","resume":true}"#);
+        assert_eq!(yes, Ok(Command::Register { sid: "a", resume: OptIn::Yes }));
+        for other in ["false", "1", "\"true\"", "null", "{}"] {
+            let json = format!(r#"{{"cmd":"sId","sId":"a","resume":{other}}}"#);
+            assert_eq!(parse(&json), Ok(Command::Register { sid: "a", resume: OptIn::Invalid }), "{other}");
+        }
+        let ok = parse(r#"{"cmd":"resume","sId":" a ","resumeToken":"T","received":7}"#);
+        assert_eq!(ok, Ok(Command::Resume { sid: "a", token: "T", received: 7 }));
+        let text = parse(r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":"12"}"#);
+        assert_eq!(text, Ok(Command::Resume { sid: "a", token: "T", received: 12 }));
+        assert_eq!(
+            parse(r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":3.0}"#),
+            Ok(Command::Resume { sid: "a", token: "T", received: 3 })
+        );
+        for bad in [
+            r#"{"cmd":"resume","sId":"a","resumeToken":"T"}"#,
+            r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":-1}"#,
+            r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":1.5}"#,
+            r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":true}"#,
+            r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":"x"}"#,
+            r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":1e30}"#,
+            r#"{"cmd":"resume","sId":"a","received":0}"#,
+            r#"{"cmd":"resume","sId":"a","resumeToken":"","received":0}"#,
+            r#"{"cmd":"resume","resumeToken":"T","received":0}"#,
+        ] {
+            assert_eq!(parse(bad), Err(ErrorCode::InvalidField), "{bad}");
         }
     }
 }

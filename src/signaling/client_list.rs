@@ -59,6 +59,9 @@ pub(crate) struct ClientList {
     pub due: Option<Instant>,
     pub round: Option<Round>,
     last_round: Option<(Instant, u64)>,
+    /// A client became owed the list without the list changing (a resume); a round under
+    /// way may have passed it already, so another one follows.
+    owed_meanwhile: bool,
     /// Lists handed to the transport, for metrics and tests.
     pub lists_sent: u64,
     pub bytes_sent: u64,
@@ -75,6 +78,7 @@ impl ClientList {
             due: None,
             round: None,
             last_round: None,
+            owed_meanwhile: false,
             lists_sent: 0,
             bytes_sent: 0,
         }
@@ -83,6 +87,16 @@ impl ClientList {
     pub fn changed(&mut self, now: Instant, registered: usize) {
         self.version += 1;
         if self.round.is_none() && self.due.is_none() {
+            self.due = Some(self.earliest_next_round(now, registered));
+        }
+    }
+
+    /// One client is owed the current list (its `list_seen` was reset): make sure a round
+    /// reaches it.
+    pub fn owe_one(&mut self, now: Instant, registered: usize) {
+        if self.round.is_some() {
+            self.owed_meanwhile = true;
+        } else if self.due.is_none() {
             self.due = Some(self.earliest_next_round(now, registered));
         }
     }
@@ -117,7 +131,8 @@ impl ClientList {
     pub fn finish_round(&mut self, now: Instant, registered: usize) {
         let Some(round) = self.round.take() else { return };
         self.last_round = Some((round.started, round.bytes));
-        let changed_meanwhile = round.version_at_start != self.version;
+        let changed_meanwhile =
+            round.version_at_start != self.version || std::mem::take(&mut self.owed_meanwhile);
         if changed_meanwhile || round.skipped {
             let mut due = self.earliest_next_round(now, registered);
             if round.skipped && !changed_meanwhile {

@@ -6,12 +6,20 @@
 //! Feed it one input at a time, each with the current time:
 //!
 //! * [`Signaling::handle_message`] with a complete WebSocket message from a connection;
-//! * [`Signaling::disconnect`] when a connection has ended, for any reason (this runs the
-//!   *leave* procedure; do not call it on server shutdown, which sends no `leave`);
-//! * [`Signaling::poll_client_list`] once per loop turn, and again at the time it returns.
+//! * [`Signaling::disconnect`] when a connection has ended and its client is *gone* (a
+//!   close frame, a broken limit or rule): this runs the *leave* procedure. Do not call it
+//!   on server shutdown, which sends no `leave`;
+//! * [`Signaling::connection_lost`] when a connection ended without a close (reset, EOF,
+//!   liveness timeout): a client that opted in to resume is then *away*, not gone;
+//! * [`Signaling::acknowledge`] when a pong shows how many messages a connection has read;
+//! * [`Signaling::poll`] once per loop turn, and again at the time it returns (client
+//!   lists, and the end of away clients' grace).
 //!
-//! Every message the core produces goes to the [`Outbox`] passed in, addressed by
-//! [`ConnId`], in the order the client must receive it. There are no sockets, clocks, locks,
+//! A registered client has an identity of its own ([`ClientId`]), apart from the
+//! connection it came on: sessions and the client list refer to clients, and a resumable
+//! client can be away (no connection) for a while. Every message the core produces goes to
+//! the [`Outbox`] passed in, addressed to the [`ConnId`] its client is attached to, in the
+//! order the client must receive it, or is held while the client is away. There are no sockets, clocks, locks,
 //! threads or callbacks into the transport here; the only side effect besides the outbox is
 //! drawing session ids from the random source it was built with.
 //!
@@ -21,11 +29,12 @@
 mod client_list;
 mod outbox;
 mod registry;
+mod resume;
 mod sessions;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::time::Instant;
@@ -33,16 +42,21 @@ use std::time::Instant;
 pub use crate::protocol::SessionState;
 pub use client_list::ClientListPacing;
 pub use outbox::{ConnId, Delivery, ListDelivery, MemoryOutbox, Outbox};
+pub use registry::ClientId;
+pub use resume::{ResumePolicy, TOKEN_CHARS};
 
-use crate::protocol::{Command, CommandKind, ErrorCode, Parser, RawJson, Relay, SessionId, encode};
+use crate::protocol::{Command, CommandKind, ErrorCode, OptIn, Parser, RawJson, Relay, SessionId, encode};
 use client_list::ClientList;
-use registry::Registry;
+use registry::{Link, Registry};
+use resume::{Resumable, Token};
 use sessions::Sessions;
 
 /// The core's state in numbers (the transport exports them as metrics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CoreStats {
     pub registered: usize,
+    /// Registered clients whose connection was lost, waiting for a resume.
+    pub away: usize,
     pub sessions: usize,
     pub sessions_new: usize,
     pub sessions_pending: usize,
@@ -60,12 +74,39 @@ pub struct CoreCounters {
     pub invalid_messages: u64,
     /// `error` messages sent, indexed by [`ErrorCode::index`] (the order of [`ErrorCode::ALL`]).
     pub errors: [u64; ErrorCode::COUNT],
+    /// Resumes that took a client over.
+    pub resumes: u64,
+    /// Resumes answered with 9104.
+    pub resumes_refused: u64,
+    /// Away clients whose grace ran out (they are gone).
+    pub graces_expired: u64,
+    /// Away clients made gone because what they held passed `--max-output`.
+    pub held_over_limit: u64,
+}
+
+/// How a message is handed over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Handover {
+    /// Must arrive, or its recipient goes.
+    Send,
+    /// Promises no delivery (`notify`): dropped rather than closing a full recipient.
+    Offer,
+    /// The replay after a resume, bounded by the core.
+    Resend,
 }
 
 pub struct Signaling {
     registry: Registry,
     sessions: Sessions,
     client_list: ClientList,
+    resume: ResumePolicy,
+    /// Away clients by the time they left, oldest first (the grace is the same for all, so
+    /// this is also the order their graces end). Entries of clients that came back since
+    /// are skipped when they come up.
+    away: VecDeque<(Instant, ClientId)>,
+    /// Away clients whose held messages passed the bound while a command was handled: they
+    /// are gone once it is done (the core is not re-entered mid-command).
+    doomed: Vec<ClientId>,
     /// Taken out while a message is handled (its result borrows it); an `Option` so that
     /// taking it is a move, not the construction of a fresh parser's buffers.
     parser: Option<Parser>,
@@ -84,23 +125,34 @@ impl Default for Signaling {
 }
 
 impl Signaling {
-    /// A core drawing session ids from the operating system's random generator.
+    /// A core drawing session ids and resume tokens from the operating system's random
+    /// generator. Resume is off until [`with_resume`](Signaling::with_resume).
     pub fn new(pacing: ClientListPacing) -> Self {
         Signaling::with_random(pacing, Box::new(os_random_u64))
     }
 
-    /// A core with its own source of session ids (tests use this to force collisions).
+    /// A core with its own source of session ids and tokens (tests use this to force
+    /// collisions).
     pub fn with_random(pacing: ClientListPacing, random: Box<dyn FnMut() -> u64>) -> Self {
         Signaling {
             registry: Registry::default(),
             sessions: Sessions::default(),
             client_list: ClientList::new(pacing),
+            resume: ResumePolicy::OFF,
+            away: VecDeque::new(),
+            doomed: Vec::new(),
             parser: Some(Parser::default()),
             scratch: Vec::with_capacity(256),
             random,
             counters: CoreCounters::default(),
             restricted: HashMap::new(),
         }
+    }
+
+    /// Turns resume on (a grace of zero keeps it off).
+    pub fn with_resume(mut self, policy: ResumePolicy) -> Self {
+        self.resume = policy;
+        self
     }
 
     pub fn counters(&self) -> CoreCounters {
@@ -111,6 +163,7 @@ impl Signaling {
         let in_state = |state| self.sessions.iter().filter(|(_, session)| session.state == state).count();
         CoreStats {
             registered: self.registry.len(),
+            away: self.registry.clients().filter(|client| client.conn().is_none()).count(),
             sessions: self.sessions.len(),
             sessions_new: in_state(SessionState::New),
             sessions_pending: in_state(SessionState::Pending),
@@ -122,20 +175,55 @@ impl Signaling {
 
     /// Checks the core's internal consistency: every index agrees with the others, every
     /// CALLING client is in exactly one live session and every live session's two members
-    /// are CALLING in it. For tests (including property tests); cost is O(clients).
+    /// are CALLING in it, connections and clients point at each other, and no away client
+    /// holds more than the bound. For tests (including property tests); cost is O(clients).
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut calling = 0;
-        for (conn, client) in self.registry.entries() {
-            if self.registry.find(&client.sid) != Some(conn) {
-                return Err(format!("sId {:?} does not map back to its connection", client.sid));
+        for (id, client) in self.registry.entries() {
+            if self.registry.find(&client.sid) != Some(id) {
+                return Err(format!("sId {:?} does not map back to its client", client.sid));
+            }
+            match client.link {
+                Link::Attached(conn) if self.registry.client_of(conn) != Some(id) => {
+                    return Err(format!("{:?}'s connection does not carry it", client.sid));
+                }
+                Link::Attached(_) => {}
+                Link::Away { .. } => {
+                    let log = client
+                        .resume
+                        .as_ref()
+                        .ok_or_else(|| format!("{:?} is away without resume", client.sid))?;
+                    if log.held_bytes() > self.resume.max_held || log.kept_bytes() > 2 * self.resume.max_held
+                    {
+                        return Err(format!(
+                            "{:?} holds {} bytes while away ({} kept in all)",
+                            client.sid,
+                            log.held_bytes(),
+                            log.kept_bytes()
+                        ));
+                    }
+                    if !self
+                        .away
+                        .iter()
+                        .any(|&(since, away)| away == id && client.link == Link::Away { since })
+                    {
+                        return Err(format!("{:?} is away but has no grace running", client.sid));
+                    }
+                }
             }
             if let Some(key) = client.session {
                 calling += 1;
                 let session =
                     self.sessions.get(key).ok_or_else(|| format!("{:?} is in a dead session", client.sid))?;
-                if session.opponent_of(conn).is_none() {
+                if session.opponent_of(id).is_none() {
                     return Err(format!("{:?} is not a member of its session", client.sid));
                 }
+            }
+        }
+        for (_, generation, id) in self.registry.attachments() {
+            let attached = self.registry.get(id).and_then(|client| client.conn());
+            if attached.map(ConnId::generation) != Some(generation) {
+                return Err("a connection carries a client that is not attached to it".into());
             }
         }
         if self.registry.entries().count() != self.registry.len() {
@@ -159,9 +247,15 @@ impl Signaling {
         Ok(())
     }
 
-    /// The sId `conn` registered, if it did.
+    /// The sId of the client `conn` carries, if it carries one.
     pub fn sid_of(&self, conn: ConnId) -> Option<&str> {
-        self.registry.get(conn).map(|client| &*client.sid)
+        let id = self.registry.client_of(conn)?;
+        self.registry.get(id).map(|client| &*client.sid)
+    }
+
+    /// Whether a client named `sid` is registered (attached or away).
+    pub fn is_registered(&self, sid: &str) -> bool {
+        self.registry.find(sid).is_some()
     }
 
     /// Handles one complete message (text or binary) from `from`.
@@ -170,7 +264,8 @@ impl Signaling {
         let result = match parser.parse(raw) {
             Ok(request) => {
                 self.counters.commands[request.kind.index()] += 1;
-                if request.kind != CommandKind::Register && self.registry.get(from).is_none() {
+                let may_register = matches!(request.kind, CommandKind::Register | CommandKind::Resume);
+                if !may_register && self.registry.client_of(from).is_none() {
                     Err(ErrorCode::NotRegistered)
                 } else {
                     request.command().and_then(|command| self.execute(from, command, now, out))
@@ -185,6 +280,7 @@ impl Signaling {
         if let Err(code) = result {
             self.send_error(from, code, out);
         }
+        self.bury_doomed(now, out);
     }
 
     /// Lets `conn` register only `sid` (its auth token names it); any other gets 9103.
@@ -200,7 +296,24 @@ impl Signaling {
 
     fn send_error(&mut self, to: ConnId, code: ErrorCode, out: &mut dyn Outbox) {
         self.counters.errors[code.index()] += 1;
-        out.send(to, code.message().as_bytes());
+        let message = code.message().as_bytes();
+        match self.registry.client_of(to) {
+            // A resumable client counts errors like every other message.
+            Some(client) => {
+                deliver(
+                    &mut self.registry,
+                    &self.resume,
+                    &mut self.doomed,
+                    client,
+                    message,
+                    Handover::Send,
+                    out,
+                );
+            }
+            None => {
+                out.send(to, message);
+            }
+        }
     }
 
     fn execute(
@@ -211,7 +324,14 @@ impl Signaling {
         out: &mut dyn Outbox,
     ) -> Result<(), ErrorCode> {
         match command {
-            Command::Register { sid } => self.register(from, sid, now, out),
+            Command::Register { sid, resume } => self.register(from, sid, resume, now, out),
+            Command::Resume { sid, token, received } => {
+                let result = self.take_over(from, sid, token, received, now, out);
+                if result == Err(ErrorCode::ResumeRefused) {
+                    self.counters.resumes_refused += 1;
+                }
+                result
+            }
             Command::Session { opponent_id } => self.open_session(from, opponent_id, now, out),
             Command::Relay { action, session_id, payload } => {
                 self.relay(from, action, session_id, payload, now, out)
@@ -226,10 +346,16 @@ impl Signaling {
         &mut self,
         from: ConnId,
         sid: &str,
+        resume: OptIn,
         now: Instant,
         out: &mut dyn Outbox,
     ) -> Result<(), ErrorCode> {
-        if self.registry.get(from).is_some() {
+        // With resume off the field is ignored, whatever it holds.
+        let resumable = match (self.resume.enabled(), resume) {
+            (true, OptIn::Invalid) => return Err(ErrorCode::InvalidField),
+            (enabled, opt_in) => enabled && opt_in == OptIn::Yes,
+        };
+        if self.registry.client_of(from).is_some() {
             return Err(ErrorCode::AlreadyRegistered);
         }
         if self.restricted.get(&from).is_some_and(|allowed| **allowed != *sid) {
@@ -238,11 +364,78 @@ impl Signaling {
         if self.registry.find(sid).is_some() {
             return Err(ErrorCode::SidTaken);
         }
-        let client = self.registry.insert(from, sid);
-        self.scratch.clear();
-        encode::registered(&mut self.scratch, &client.sid_json);
-        out.send(from, &self.scratch);
+        let id = self.registry.insert(from, sid);
+        let token = resumable.then(|| Token::new(&mut *self.random));
+        if let Some(client) = self.registry.get_mut(id) {
+            self.scratch.clear();
+            match &token {
+                Some(token) => {
+                    encode::registered_resumable(&mut self.scratch, &client.sid_json, token.as_str())
+                }
+                None => encode::registered(&mut self.scratch, &client.sid_json),
+            }
+            out.send(from, &self.scratch);
+            if let Some(token) = token {
+                client.resume = Some(Box::new(Resumable::new(token, out.messages_queued(from))));
+            }
+        }
         self.client_list.changed(now, self.registry.len());
+        Ok(())
+    }
+
+    /// `resume`: the connection `from` takes over the client `sid` (PROTOCOL.md, *Resume*).
+    /// Every refusal is the same 9104, so a client learns nothing about which check failed.
+    fn take_over(
+        &mut self,
+        from: ConnId,
+        sid: &str,
+        offered: &str,
+        received: u64,
+        now: Instant,
+        out: &mut dyn Outbox,
+    ) -> Result<(), ErrorCode> {
+        if self.registry.client_of(from).is_some() {
+            return Err(ErrorCode::AlreadyRegistered);
+        }
+        let refused = ErrorCode::ResumeRefused;
+        if !self.resume.enabled() || self.restricted.get(&from).is_some_and(|allowed| **allowed != *sid) {
+            return Err(refused);
+        }
+        let id = self.registry.find(sid).ok_or(refused)?;
+        let client = self.registry.get_mut(id).ok_or(refused)?;
+        let log = client.resume.as_mut().ok_or(refused)?;
+        // The token is checked first and on its own: a wrong one learns nothing from the
+        // count, and never disturbs the client's connection.
+        if !log.token.matches(offered) || log.replay_after(received).is_none() {
+            return Err(refused);
+        }
+        // Spent from here on: the reply carries a fresh one.
+        let fresh = Token::new(&mut *self.random);
+        let old_log = std::mem::replace(&mut **log, Resumable::new(fresh, 0));
+        let previous = client.link;
+        self.scratch.clear();
+        encode::resumed(&mut self.scratch, &client.sid_json, fresh.as_str());
+        let in_wait = client.session.is_none();
+        if in_wait {
+            client.list_seen = 0;
+        }
+        if let Link::Attached(old) = previous {
+            self.registry.detach(id, now);
+            out.take_over(old);
+        }
+        self.registry.attach(id, from);
+        out.send(from, &self.scratch);
+        let base = out.messages_queued(from);
+        if let Some(log) = self.registry.get_mut(id).and_then(|client| client.resume.as_mut()) {
+            log.base = base;
+        }
+        for message in old_log.replay_after(received).into_iter().flatten() {
+            deliver(&mut self.registry, &self.resume, &mut self.doomed, id, message, Handover::Resend, out);
+        }
+        if in_wait {
+            self.client_list.owe_one(now, self.registry.len());
+        }
+        self.counters.resumes += 1;
         Ok(())
     }
 
@@ -253,7 +446,8 @@ impl Signaling {
         now: Instant,
         out: &mut dyn Outbox,
     ) -> Result<(), ErrorCode> {
-        let me = self.registry.get(from).ok_or(ErrorCode::NotRegistered)?;
+        let me_id = self.registry.client_of(from).ok_or(ErrorCode::NotRegistered)?;
+        let me = self.registry.get(me_id).ok_or(ErrorCode::NotRegistered)?;
         if *me.sid == *opponent_id {
             return Err(ErrorCode::SessionWithSelf);
         }
@@ -264,16 +458,16 @@ impl Signaling {
         if self.registry.get(opponent).is_some_and(|client| client.session.is_some()) {
             return Err(ErrorCode::OpponentBusy);
         }
-        let key = self.sessions.open([from, opponent], &mut *self.random);
-        for member in [from, opponent] {
+        let key = self.sessions.open([me_id, opponent], &mut *self.random);
+        for member in [me_id, opponent] {
             if let Some(client) = self.registry.get_mut(member) {
                 client.session = Some(key);
             }
         }
         self.scratch.clear();
         encode::session_opened(&mut self.scratch, key);
-        out.send(from, &self.scratch);
-        self.announce_state(key, [from, opponent], SessionState::New, out);
+        self.deliver(me_id, Handover::Send, out);
+        self.announce_state(key, [me_id, opponent], SessionState::New, out);
         self.client_list.changed(now, self.registry.len());
         Ok(())
     }
@@ -287,16 +481,17 @@ impl Signaling {
         now: Instant,
         out: &mut dyn Outbox,
     ) -> Result<(), ErrorCode> {
+        let me = self.registry.client_of(from).ok_or(ErrorCode::NotRegistered)?;
         let key = SessionId::parse(session_id).ok_or(ErrorCode::SessionNotFound)?;
         let session = self.sessions.get(key).ok_or(ErrorCode::SessionNotFound)?;
-        let opponent = session.opponent_of(from).ok_or(ErrorCode::SessionNotFound)?;
+        let opponent = session.opponent_of(me).ok_or(ErrorCode::SessionNotFound)?;
         let members = session.members;
         let current = session.state;
-        let sender = self.registry.get(from).ok_or(ErrorCode::NotRegistered)?;
+        let sender = self.registry.get(me).ok_or(ErrorCode::NotRegistered)?;
 
         self.scratch.clear();
         encode::relayed(&mut self.scratch, action, key, &sender.sid_json, payload);
-        if out.send(opponent, &self.scratch) != Delivery::Queued {
+        if self.deliver(opponent, Handover::Send, out) != Delivery::Queued {
             self.send_error(from, ErrorCode::OpponentGone, out);
             self.close_session(key, members, now, out);
             return Ok(());
@@ -327,7 +522,11 @@ impl Signaling {
         data: Option<RawJson<'_>>,
         out: &mut dyn Outbox,
     ) -> Result<(), ErrorCode> {
-        let me = self.registry.get(from).ok_or(ErrorCode::NotRegistered)?;
+        let me = self
+            .registry
+            .client_of(from)
+            .and_then(|id| self.registry.get(id))
+            .ok_or(ErrorCode::NotRegistered)?;
         if *me.sid == *opponent_id {
             return Err(ErrorCode::NotifySelf);
         }
@@ -335,34 +534,83 @@ impl Signaling {
         self.scratch.clear();
         encode::notification(&mut self.scratch, &me.sid_json, notify_type, data);
         // notify promises no delivery: a target on its way out, or too far behind, misses it.
-        out.offer(target, &self.scratch);
+        self.deliver(target, Handover::Offer, out);
         Ok(())
     }
 
-    /// The *leave* procedure: `conn`'s connection has ended. Its opponent, if any, gets
-    /// `leave` then `ssu 4`; its sId is free again at once. Unknown or unregistered
-    /// connections are ignored, so calling this for every closed connection is fine.
+    /// The connection `conn` ended and its client is gone: the *leave* procedure. Its
+    /// opponent, if any, gets `leave` then `ssu 4`; its sId is free again at once.
+    /// Connections that carry no client are ignored, so calling this for every closed
+    /// connection is fine.
     pub fn disconnect(&mut self, conn: ConnId, now: Instant, out: &mut dyn Outbox) {
         self.restricted.remove(&conn);
-        let Some(client) = self.registry.remove(conn) else { return };
+        if let Some(id) = self.registry.client_of(conn) {
+            self.depart(id, now, out);
+        }
+        self.bury_doomed(now, out);
+    }
+
+    /// The connection `conn` was lost without a close (reset, EOF, liveness timeout). A
+    /// client that opted in to resume is away: registered, in its session, its messages
+    /// held, until it resumes or its grace ends. Any other client is gone, as with
+    /// [`disconnect`](Signaling::disconnect).
+    pub fn connection_lost(&mut self, conn: ConnId, now: Instant, out: &mut dyn Outbox) {
+        let resumable = self
+            .registry
+            .client_of(conn)
+            .filter(|&id| self.resume.enabled() && self.registry.get(id).is_some_and(|c| c.resume.is_some()));
+        match resumable {
+            Some(id) => {
+                self.restricted.remove(&conn);
+                self.registry.detach(id, now);
+                self.away.push_back((now, id));
+            }
+            None => self.disconnect(conn, now, out),
+        }
+    }
+
+    /// A pong on `conn` proved that its client read the first `messages` messages queued on
+    /// it (on the [`Outbox::messages_queued`] scale): they need no replay.
+    pub fn acknowledge(&mut self, conn: ConnId, messages: u64) {
+        let Some(id) = self.registry.client_of(conn) else { return };
+        if let Some(log) = self.registry.get_mut(id).and_then(|client| client.resume.as_mut()) {
+            let base = log.base;
+            log.acknowledge(messages.saturating_sub(base));
+        }
+    }
+
+    /// Removes `id` and tells its opponent.
+    fn depart(&mut self, id: ClientId, now: Instant, out: &mut dyn Outbox) {
+        let Some(client) = self.registry.remove(id) else { return };
         if let Some(key) = client.session
             && let Some(session) = self.sessions.remove(key)
-            && let Some(opponent) = session.opponent_of(conn)
+            && let Some(opponent) = session.opponent_of(id)
         {
-            self.scratch.clear();
-            encode::left(&mut self.scratch, key, &client.sid_json);
-            out.send(opponent, &self.scratch);
-            self.scratch.clear();
-            encode::session_state(&mut self.scratch, key, SessionState::Closed);
-            out.send(opponent, &self.scratch);
             if let Some(opponent) = self.registry.get_mut(opponent) {
                 opponent.session = None;
             }
+            self.scratch.clear();
+            encode::left(&mut self.scratch, key, &client.sid_json);
+            self.deliver(opponent, Handover::Send, out);
+            self.scratch.clear();
+            encode::session_state(&mut self.scratch, key, SessionState::Closed);
+            self.deliver(opponent, Handover::Send, out);
         }
         self.client_list.changed(now, self.registry.len());
     }
 
-    fn close_session(&mut self, key: SessionId, members: [ConnId; 2], now: Instant, out: &mut dyn Outbox) {
+    /// Away clients that held too much are gone now (and telling their opponents may make
+    /// more of them so).
+    fn bury_doomed(&mut self, now: Instant, out: &mut dyn Outbox) {
+        while let Some(id) = self.doomed.pop() {
+            if self.registry.get(id).is_some() {
+                self.counters.held_over_limit += 1;
+                self.depart(id, now, out);
+            }
+        }
+    }
+
+    fn close_session(&mut self, key: SessionId, members: [ClientId; 2], now: Instant, out: &mut dyn Outbox) {
         self.sessions.remove(key);
         for member in members {
             if let Some(client) = self.registry.get_mut(member) {
@@ -376,15 +624,49 @@ impl Signaling {
     fn announce_state(
         &mut self,
         key: SessionId,
-        members: [ConnId; 2],
+        members: [ClientId; 2],
         state: SessionState,
         out: &mut dyn Outbox,
     ) {
         self.scratch.clear();
         encode::session_state(&mut self.scratch, key, state);
         for member in members {
-            out.send(member, &self.scratch);
+            self.deliver(member, Handover::Send, out);
         }
+    }
+
+    /// Hands the message in `scratch` to client `to`.
+    fn deliver(&mut self, to: ClientId, how: Handover, out: &mut dyn Outbox) -> Delivery {
+        deliver(&mut self.registry, &self.resume, &mut self.doomed, to, &self.scratch, how, out)
+    }
+
+    /// When [`poll`](Signaling::poll) has work next: the next client-list round or the end
+    /// of the oldest away client's grace. `None` while nothing is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let grace_ends = self.away.front().map(|&(since, _)| since + self.resume.grace);
+        match (self.client_list_due(), grace_ends) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Ends the graces that are over (those clients are gone), then delivers owed client
+    /// lists. Returns when to call again, as [`next_deadline`](Signaling::next_deadline).
+    pub fn poll(&mut self, now: Instant, out: &mut dyn Outbox) -> Option<Instant> {
+        while let Some(&(since, id)) = self.away.front() {
+            if since + self.resume.grace > now {
+                break;
+            }
+            self.away.pop_front();
+            // Still away since then: it did not come back.
+            if self.registry.get(id).is_some_and(|client| client.link == Link::Away { since }) {
+                self.counters.graces_expired += 1;
+                self.depart(id, now, out);
+                self.bury_doomed(now, out);
+            }
+        }
+        self.poll_client_list(now, out);
+        self.next_deadline()
     }
 
     /// When [`poll_client_list`](Signaling::poll_client_list) has work next: `None` while
@@ -417,16 +699,22 @@ impl Signaling {
         let Some(round) = round.as_mut() else { return self.client_list.due };
         let mut budget = pacing.bytes_per_poll;
         let mut finished = true;
-        self.registry.walk_from(round.cursor, |order, conn, client| {
+        self.registry.walk_from(round.cursor, |order, client| {
             if budget == 0 {
                 round.cursor = order;
                 finished = false;
                 return ControlFlow::Break(());
             }
-            if client.session.is_none() && client.list_seen < *version {
+            // An away client is given the list when it resumes.
+            if let (None, Link::Attached(conn)) = (client.session, client.link)
+                && client.list_seen < *version
+            {
                 match out.send_client_list(conn, encoded) {
                     ListDelivery::Queued => {
                         client.list_seen = *version;
+                        if let Some(log) = client.resume.as_mut() {
+                            log.record_list();
+                        }
                         round.bytes += encoded.len() as u64;
                         *lists_sent += 1;
                         *bytes_sent += encoded.len() as u64;
@@ -444,6 +732,50 @@ impl Signaling {
         }
         self.client_list.finish_round(now, registered);
         self.client_list.due
+    }
+}
+
+/// Gives `message` to client `to`: to its connection (numbered and kept, if it can
+/// resume), or held while it is away. A free function so that the message can be the
+/// core's own scratch buffer.
+fn deliver(
+    registry: &mut Registry,
+    policy: &ResumePolicy,
+    doomed: &mut Vec<ClientId>,
+    to: ClientId,
+    message: &[u8],
+    how: Handover,
+    out: &mut dyn Outbox,
+) -> Delivery {
+    let Some(client) = registry.get_mut(to) else { return Delivery::Gone };
+    let log = client.resume.as_deref_mut();
+    if let Link::Attached(conn) = client.link {
+        let delivery = match how {
+            Handover::Send => out.send(conn, message),
+            Handover::Offer => out.offer(conn, message),
+            Handover::Resend => out.resend(conn, message),
+        };
+        let Some(log) = log else { return delivery };
+        match delivery {
+            Delivery::Queued => {
+                log.record_sent(message, policy.max_held);
+                return Delivery::Queued;
+            }
+            // Its connection is closing, and the transport has yet to say whether the
+            // client is gone or away: held like a message for an away client, in case.
+            Delivery::Gone => {}
+            Delivery::ClosedOverLimit | Delivery::Dropped => return delivery,
+        }
+    }
+    let Some(log) = client.resume.as_deref_mut() else { return Delivery::Gone };
+    if log.can_hold(message.len(), policy.max_held) {
+        log.hold(message);
+        Delivery::Queued
+    } else if how == Handover::Offer {
+        Delivery::Dropped
+    } else {
+        doomed.push(to);
+        Delivery::ClosedOverLimit
     }
 }
 

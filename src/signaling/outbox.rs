@@ -67,6 +67,21 @@ pub trait Outbox {
     /// later). That keeps at most one unsent `clu` per client. The list is shared: keep a
     /// clone of the `Rc`, not a copy of the bytes.
     fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> ListDelivery;
+
+    /// Like [`send`](Outbox::send), but past the output cap too: for the replay after a
+    /// resume, which the core has bounded itself (twice `--max-output` at most).
+    fn resend(&mut self, to: ConnId, message: &[u8]) -> Delivery {
+        self.send(to, message)
+    }
+
+    /// How many messages (client lists included) have been queued on `to` so far. A pong
+    /// reports the count at its ping on the same scale, so the core can tell which of its
+    /// messages a resumable client has read.
+    fn messages_queued(&self, to: ConnId) -> u64;
+
+    /// A newer connection resumed the client on `old`: close `old` with 4001. The core has
+    /// already moved the client off it; its departure changes nothing.
+    fn take_over(&mut self, old: ConnId);
 }
 
 /// An [`Outbox`] that keeps everything in memory: for tests and benches.
@@ -80,6 +95,10 @@ pub struct MemoryOutbox {
     pub list_unsent: HashSet<ConnId>,
     /// How many client lists each connection has been given.
     pub lists_given: HashMap<ConnId, usize>,
+    /// Messages (lists included) queued per connection, as [`Outbox::messages_queued`].
+    pub queued: HashMap<ConnId, u64>,
+    /// Connections closed by a takeover, in order.
+    pub taken_over: Vec<ConnId>,
 }
 
 impl MemoryOutbox {
@@ -102,6 +121,7 @@ impl Outbox for MemoryOutbox {
             return Delivery::Gone;
         }
         self.sent.push((to, String::from_utf8_lossy(message).into_owned()));
+        *self.queued.entry(to).or_default() += 1;
         Delivery::Queued
     }
 
@@ -114,6 +134,16 @@ impl Outbox for MemoryOutbox {
         }
         self.sent.push((to, String::from_utf8_lossy(list).into_owned()));
         *self.lists_given.entry(to).or_default() += 1;
+        *self.queued.entry(to).or_default() += 1;
         ListDelivery::Queued
+    }
+
+    fn messages_queued(&self, to: ConnId) -> u64 {
+        self.queued.get(&to).copied().unwrap_or_default()
+    }
+
+    fn take_over(&mut self, old: ConnId) {
+        self.taken_over.push(old);
+        self.closing.insert(old);
     }
 }

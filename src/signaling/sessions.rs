@@ -2,19 +2,19 @@
 
 use std::collections::HashMap;
 
-use super::ConnId;
+use super::ClientId;
 use crate::protocol::{SessionId, SessionState};
 
 pub(crate) struct Session {
-    pub members: [ConnId; 2],
+    pub members: [ClientId; 2],
     pub state: SessionState,
 }
 
 impl Session {
-    pub fn opponent_of(&self, conn: ConnId) -> Option<ConnId> {
+    pub fn opponent_of(&self, client: ClientId) -> Option<ClientId> {
         match self.members {
-            [a, b] if a == conn => Some(b),
-            [a, b] if b == conn => Some(a),
+            [a, b] if a == client => Some(b),
+            [a, b] if b == client => Some(a),
             _ => None,
         }
     }
@@ -44,7 +44,7 @@ impl Sessions {
 
     /// Opens a session under a fresh key drawn from `random` (retrying on the
     /// astronomically unlikely collision with a live session).
-    pub fn open(&mut self, members: [ConnId; 2], random: &mut dyn FnMut() -> u64) -> SessionId {
+    pub fn open(&mut self, members: [ClientId; 2], random: &mut dyn FnMut() -> u64) -> SessionId {
         loop {
             let key = SessionId::new(random());
             if let std::collections::hash_map::Entry::Vacant(slot) = self.map.entry(key) {

@@ -169,6 +169,11 @@ fn assert_sent(actual: &[(ConnId, String)], expected: &[(ConnId, String)]) {
     assert_eq!(per_conn(actual), per_conn(expected), "\n  sent:     {actual:?}\n  expected: {expected:?}");
 }
 
+/// The connection a client is attached to (these tests never leave a client away).
+fn conn_of(core: &Signaling, id: super::ClientId) -> ConnId {
+    core.registry.get(id).and_then(|client| client.conn()).expect("an attached client")
+}
+
 /// The core's whole observable state: clients in registration order (connection, sId,
 /// session), sessions with their members and state, and the client-list version.
 #[derive(Clone, Debug, PartialEq)]
@@ -184,9 +189,13 @@ impl Snapshot {
             clients: core
                 .registry
                 .entries()
-                .map(|(conn, client)| (conn, client.sid.to_string(), client.session))
+                .map(|(id, client)| (conn_of(core, id), client.sid.to_string(), client.session))
                 .collect(),
-            sessions: core.sessions.iter().map(|(key, s)| (key, (s.members, s.state))).collect(),
+            sessions: core
+                .sessions
+                .iter()
+                .map(|(key, s)| (key, (s.members.map(|id| conn_of(core, id)), s.state)))
+                .collect(),
             list_version: core.client_list.version,
         }
     }
@@ -271,7 +280,7 @@ impl Net {
         let sent = self.send(from, &session_msg(opponent));
         let reply = sent.first().map(|(_, text)| json(text)).expect("a reply");
         let session_id = reply.get_str("sessionId").expect("a session reply").to_owned();
-        let callee = self.core.registry.find(opponent).expect("the opponent");
+        let callee = conn_of(&self.core, self.core.registry.find(opponent).expect("the opponent"));
         assert_sent(
             &sent,
             &[(from, session_reply(&session_id)), (from, ssu(&session_id, 1)), (callee, ssu(&session_id, 1))],
@@ -1537,6 +1546,12 @@ impl Outbox for ListLog {
         Delivery::Queued
     }
 
+    fn messages_queued(&self, _to: ConnId) -> u64 {
+        0
+    }
+
+    fn take_over(&mut self, _old: ConnId) {}
+
     fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> ListDelivery {
         if self.lists.last().is_none_or(|last| **last != **list) {
             self.lists.push(Rc::clone(list));
@@ -1599,7 +1614,8 @@ fn the_250_ms_bound_holds(pacing: ClientListPacing, turn: Duration, seed: u64) {
                 core.handle_message(from, raw.as_bytes(), now, &mut log);
             } else if roll < 96 && !live.is_empty() {
                 let from = live[rng.below(live.len())];
-                if let Some(key) = core.registry.get(from).and_then(|client| client.session) {
+                let client = core.registry.client_of(from).and_then(|id| core.registry.get(id));
+                if let Some(key) = client.and_then(|client| client.session) {
                     let raw = relay_msg(Relay::Stop, key.text().as_str(), None);
                     core.handle_message(from, raw.as_bytes(), now, &mut log);
                 }

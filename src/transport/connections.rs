@@ -19,7 +19,7 @@ use slab::Slab;
 
 use super::connection::{Close, Connection, Departure, Event, ListQueued, Queued, Settings, Sink};
 use super::http::UpgradePolicy;
-use crate::metrics::Metrics;
+use crate::metrics::{CloseReason, Metrics};
 use crate::signaling::{ConnId, Delivery, ListDelivery, Outbox};
 
 /// One accepted socket: the machine, and the loop's bookkeeping around it.
@@ -44,13 +44,34 @@ impl Sink for TcpStream {
     }
 }
 
+/// How a connection's client left, as PROTOCOL.md tells *gone* from *away*.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// A close frame from the client, or a limit or rule it broke: *leave* at once.
+    Gone,
+    /// Lost without a close (reset, end of file, liveness timeout, a failed write): a
+    /// resumable client may come back.
+    Lost,
+}
+
+impl Ending {
+    fn of(how: &Close) -> Ending {
+        match how {
+            Close::Drop(CloseReason::ConnectionLost | CloseReason::LivenessTimeout) => Ending::Lost,
+            // Taken over: the core moved the client first, so either answer is the same.
+            Close::Frame(CloseReason::TakenOver) => Ending::Lost,
+            _ => Ending::Gone,
+        }
+    }
+}
+
 pub struct Connections {
     pub slab: Slab<Slot>,
     pub settings: Settings,
     /// Connections with output to write at the end of this turn.
     pub dirty: Vec<ConnId>,
-    /// Connections that left `Open` and whose *leave* the core has not yet run.
-    pub departed: Vec<ConnId>,
+    /// Connections that left `Open` and whose end the core has not yet been told of.
+    pub departed: Vec<(ConnId, Ending)>,
     pub metrics: Metrics,
     /// The time of the current loop turn (the core's `Outbox` calls carry none).
     pub now: Instant,
@@ -116,8 +137,9 @@ impl Connections {
         }
         log::debug!("closing {}: {how:?}", id.index());
         self.metrics.closed(how.reason());
+        let ending = Ending::of(&how);
         if slot.machine.close(how, now, &self.settings) == Departure::Left {
-            self.departed.push(id);
+            self.departed.push((id, ending));
         }
         self.queue_flush(id);
     }
@@ -169,22 +191,20 @@ impl Connections {
 
 impl Outbox for Connections {
     fn send(&mut self, to: ConnId, message: &[u8]) -> Delivery {
-        let now = self.now;
-        let Some(slot) = self.slab.get_mut(to.index()).filter(|slot| slot.generation == to.generation())
-        else {
-            return Delivery::Gone;
-        };
-        match slot.machine.queue_message(message, now, &self.settings) {
-            Queued::Yes => {
-                self.queue_flush(to);
-                Delivery::Queued
-            }
-            Queued::OverLimit => {
-                self.close(to, Close::Frame(crate::metrics::CloseReason::OutputLimit));
-                Delivery::ClosedOverLimit
-            }
-            Queued::NotOpen => Delivery::Gone,
-        }
+        self.queue(to, message, true)
+    }
+
+    fn resend(&mut self, to: ConnId, message: &[u8]) -> Delivery {
+        self.queue(to, message, false)
+    }
+
+    fn messages_queued(&self, to: ConnId) -> u64 {
+        let slot = self.slab.get(to.index()).filter(|slot| slot.generation == to.generation());
+        slot.map_or(0, |slot| slot.machine.messages_queued())
+    }
+
+    fn take_over(&mut self, old: ConnId) {
+        self.close(old, Close::Frame(CloseReason::TakenOver));
     }
 
     fn offer(&mut self, to: ConnId, message: &[u8]) -> Delivery {
@@ -209,6 +229,24 @@ impl Outbox for Connections {
             }
             ListQueued::Busy => ListDelivery::Busy,
             ListQueued::NotOpen => ListDelivery::Gone,
+        }
+    }
+}
+
+impl Connections {
+    fn queue(&mut self, to: ConnId, message: &[u8], capped: bool) -> Delivery {
+        let now = self.now;
+        let Some(slot) = slot_mut(&mut self.slab, to) else { return Delivery::Gone };
+        match slot.machine.queue_message(message, capped, now, &self.settings) {
+            Queued::Yes => {
+                self.queue_flush(to);
+                Delivery::Queued
+            }
+            Queued::OverLimit => {
+                self.close(to, Close::Frame(CloseReason::OutputLimit));
+                Delivery::ClosedOverLimit
+            }
+            Queued::NotOpen => Delivery::Gone,
         }
     }
 }

@@ -26,14 +26,14 @@ use rustls::ServerConfig;
 
 use super::admission::Admission;
 use super::connection::{Close, Connection, Event, Flush, Settings, Wire};
-use super::connections::{Connections, Slot};
+use super::connections::{Connections, Ending, Slot};
 use super::housekeeping::{self, SLICES, Sweep};
 use super::http::{self, UpgradePolicy};
 use super::{pages, tls};
 use crate::config::Config;
 use crate::metrics::CloseReason;
 use crate::protocol::ErrorCode;
-use crate::signaling::{ConnId, Signaling};
+use crate::signaling::{ConnId, ResumePolicy, Signaling};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -160,7 +160,8 @@ impl Server {
             waker,
             tls,
             conns: Connections::new(Settings::new(&config, CLOSE_LINGER), now),
-            core: Signaling::new(config.client_list),
+            core: Signaling::new(config.client_list)
+                .with_resume(ResumePolicy { grace: config.resume_grace, max_held: config.max_output }),
             admission: Admission::new(config.max_connections, config.max_connections_per_ip),
             config,
             read_again: Vec::new(),
@@ -260,7 +261,7 @@ impl Server {
                 self.housekeeping(now);
             }
             if self.shutdown_deadline.is_none() {
-                self.core.poll_client_list(now, &mut self.conns);
+                self.core.poll(now, &mut self.conns);
                 self.run_departures(now);
             }
             self.flush_dirty(now);
@@ -277,7 +278,7 @@ impl Server {
     fn next_wake(&self) -> Instant {
         let mut wake = self.next_tick;
         // Asked after everything of the last turn, closes included (they change the list).
-        if let Some(due) = self.core.client_list_due()
+        if let Some(due) = self.core.next_deadline()
             && self.shutdown_deadline.is_none()
         {
             wake = wake.min(due);
@@ -463,6 +464,7 @@ impl Server {
                     self.core.handle_message(id, &message, now, &mut self.conns);
                     self.run_departures(now);
                 }
+                Event::Acknowledged { messages } => self.core.acknowledge(id, messages),
                 Event::RateLimited => {
                     self.core.refuse(id, ErrorCode::RateLimited, &mut self.conns);
                     self.run_departures(now);
@@ -492,8 +494,11 @@ impl Server {
             return;
         }
         while !self.conns.departed.is_empty() {
-            for id in std::mem::take(&mut self.conns.departed) {
-                self.core.disconnect(id, now, &mut self.conns);
+            for (id, ending) in std::mem::take(&mut self.conns.departed) {
+                match ending {
+                    Ending::Gone => self.core.disconnect(id, now, &mut self.conns),
+                    Ending::Lost => self.core.connection_lost(id, now, &mut self.conns),
+                }
             }
         }
     }

@@ -109,6 +109,9 @@ pub enum Event {
     Message(Bytes),
     /// A command over the rate limit: answer it with error 9500.
     RateLimited,
+    /// A pong answered a ping sent after the first `messages` messages were queued: the
+    /// client has read them all.
+    Acknowledged { messages: u64 },
     /// A plain HTTP request for one of the server's pages: answer with `close(Http(..))`.
     Page { route: Route, head_only: bool },
     /// The connection must end this way (a protocol violation, a close frame, a refusal).
@@ -152,7 +155,7 @@ pub struct Connection {
     wire: Wire,
     out: Output,
     stash: Stash,
-    rate: RateLimiter,
+    peer: Peer,
     /// Last time any byte arrived: the liveness rule.
     last_seen: Instant,
     next_ping: Instant,
@@ -160,6 +163,44 @@ pub struct Connection {
     stalled_since: Option<Instant>,
     /// Since when held output (lists included) has been over the soft limit.
     over_soft_since: Option<Instant>,
+}
+
+/// What the machine tracks of the client's side of the conversation.
+pub(super) struct Peer {
+    /// How fast it sends commands.
+    pub rate: RateLimiter,
+    /// How much of what it was sent it has read.
+    pub receipts: Receipts,
+}
+
+/// Which of the core's messages the client has read. Each ping carries the count of
+/// messages queued before it; its pong proves they were all read (the ping came after them
+/// on the same stream).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Receipts {
+    /// Messages (lists included) queued so far.
+    pub queued: u64,
+    /// The highest count a pong has confirmed.
+    pub acknowledged: u64,
+}
+
+impl Receipts {
+    /// The ping payload for the messages queued so far.
+    fn ping_payload(&self) -> [u8; 8] {
+        self.queued.to_be_bytes()
+    }
+
+    /// A pong with `payload`: the count it confirms, if it is one of ours and news. A pong
+    /// the client made up can only confirm messages that were queued, which costs only the
+    /// client that lies (it loses their replay).
+    pub fn confirm(&mut self, payload: &[u8]) -> Option<u64> {
+        let count = u64::from_be_bytes(payload.try_into().ok()?);
+        if count <= self.acknowledged || count > self.queued {
+            return None;
+        }
+        self.acknowledged = count;
+        Some(count)
+    }
 }
 
 impl Connection {
@@ -171,12 +212,18 @@ impl Connection {
             wire,
             out: Output::default(),
             stash: Stash::default(),
-            rate: RateLimiter::new(now, settings.rate_burst),
+            peer: Peer { rate: RateLimiter::new(now, settings.rate_burst), receipts: Receipts::default() },
             last_seen: now,
             next_ping: now + first_ping_after.min(settings.ping_interval),
             stalled_since: None,
             over_soft_since: None,
         }
+    }
+
+    /// Messages (client lists included) queued so far: the scale of
+    /// [`Event::Acknowledged`].
+    pub fn messages_queued(&self) -> u64 {
+        self.peer.receipts.queued
     }
 
     pub fn is_open(&self) -> bool {
@@ -228,7 +275,7 @@ impl Connection {
         if !fresh.is_empty() {
             self.last_seen = now;
         }
-        let Connection { phase, wire, out, stash, rate, .. } = self;
+        let Connection { phase, wire, out, stash, peer, .. } = self;
         let mut pending = Pending { stash, fresh };
         let mut input = wire.plaintext(&mut pending);
         let event = match phase {
@@ -240,7 +287,7 @@ impl Connection {
                 }
                 None => None,
             },
-            Phase::Open { ws, echo } => read_messages(ws, *echo, &mut input, out, rate, now, settings),
+            Phase::Open { ws, echo } => read_messages(ws, *echo, &mut input, out, peer, now, settings),
             Phase::Closing { ws, peer_done, .. } => {
                 drain_closing(ws.as_deref_mut(), peer_done, &mut input, out, settings.max_output);
                 None
@@ -356,7 +403,8 @@ impl Connection {
                     self.next_ping = now + settings.ping_interval;
                     let mut input = Pending { stash: &mut self.stash, fresh: &mut &[][..] };
                     let mut io = WsIo { input: &mut input, out: &mut self.out, cap };
-                    let _ = ws.write(&mut io, Message::Ping(Bytes::new()));
+                    let payload = Bytes::copy_from_slice(&self.peer.receipts.ping_payload());
+                    let _ = ws.write(&mut io, Message::Ping(payload));
                 }
                 None
             }
@@ -383,15 +431,23 @@ impl Connection {
         }
     }
 
-    /// Queues one text message from the core, unless it would pass the hard output limit.
-    pub fn queue_message(&mut self, message: &[u8], now: Instant, settings: &Settings) -> Queued {
+    /// Queues one text message from the core, unless it would pass the hard output limit
+    /// (`capped`; the replay after a resume is bounded by the core instead).
+    pub fn queue_message(
+        &mut self,
+        message: &[u8],
+        capped: bool,
+        now: Instant,
+        settings: &Settings,
+    ) -> Queued {
         if !self.is_open() {
             return Queued::NotOpen;
         }
-        if !self.fits(message.len(), settings) {
+        if capped && !self.fits(message.len(), settings) {
             return Queued::OverLimit;
         }
         self.out.push_text(message);
+        self.peer.receipts.queued += 1;
         self.track_output(now, settings);
         Queued::Yes
     }
@@ -409,6 +465,7 @@ impl Connection {
         if !self.out.push_list(list) {
             return ListQueued::Busy;
         }
+        self.peer.receipts.queued += 1;
         self.track_output(now, settings);
         ListQueued::Yes
     }

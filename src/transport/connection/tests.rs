@@ -208,8 +208,38 @@ fn pings_follow_the_first_ping_offset_then_every_interval() {
     assert!(!conn.wants_write());
     assert_eq!(conn.handle_timeout(t0 + FIRST_PING, &settings), None);
     conn.write_to(&mut socket, t0 + FIRST_PING, &settings).expect("writes");
-    assert_eq!(socket.taken, [0x89, 0x00], "an empty ping");
+    assert_eq!(socket.taken, [0x89, 0x08, 0, 0, 0, 0, 0, 0, 0, 0], "a ping carrying the count of messages");
     assert_eq!(conn.next_deadline(&settings), Some(t0 + FIRST_PING + PING).min(Some(t0 + 2 * PING)));
+}
+
+#[test]
+fn a_pong_acknowledges_the_messages_queued_before_its_ping() {
+    let settings = settings();
+    let t0 = Instant::now();
+    let mut conn = open(t0, &settings);
+    let mut socket = Socket::open();
+    for message in [&b"one"[..], b"two"] {
+        assert_eq!(conn.queue_message(message, true, t0, &settings), Queued::Yes);
+    }
+    assert_eq!(
+        conn.queue_list(&Rc::from(&b"{\"cmd\":\"clu\",\"list\":[]}"[..]), t0, &settings),
+        ListQueued::Yes
+    );
+    assert_eq!(conn.messages_queued(), 3);
+    conn.handle_timeout(t0 + FIRST_PING, &settings);
+    conn.write_to(&mut socket, t0 + FIRST_PING, &settings).expect("writes");
+    let ping = [0x89, 0x08, 0, 0, 0, 0, 0, 0, 0, 3];
+    assert!(socket.taken.ends_with(&ping), "the ping follows the messages and carries 3");
+    conn.queue_message(b"four", true, t0, &settings);
+
+    let pong = |count: u64| client_frame(0x8A, &count.to_be_bytes());
+    let now = t0 + FIRST_PING;
+    assert_eq!(feed(&mut conn, &pong(3), now, &settings), [Event::Acknowledged { messages: 3 }]);
+    // A repeat, a count never queued, a short payload, an unsolicited empty pong: nothing.
+    for pong in [pong(3), pong(2), pong(5), client_frame(0x8A, b"abc"), client_frame(0x8A, b"")] {
+        assert_eq!(feed(&mut conn, &pong, now, &settings), []);
+    }
+    assert_eq!(feed(&mut conn, &pong(4), now, &settings), [Event::Acknowledged { messages: 4 }]);
 }
 
 #[test]
@@ -238,7 +268,7 @@ fn a_client_that_pings_but_never_reads_is_closed_after_two_intervals_of_no_progr
     let settings = settings();
     let t0 = Instant::now();
     let mut conn = open(t0, &settings);
-    assert_eq!(conn.queue_message(b"hello", t0, &settings), Queued::Yes);
+    assert_eq!(conn.queue_message(b"hello", true, t0, &settings), Queued::Yes);
     let mut blocked = Socket::default();
     let t1 = t0 + secs(1.0);
     assert_eq!(conn.write_to(&mut blocked, t1, &settings).expect("writes"), (Flush::Pending, 0));
@@ -259,12 +289,12 @@ fn the_hard_limit_refuses_a_message_that_would_pass_it() {
     let settings = Settings { max_output: 1000, ..settings() };
     let t0 = Instant::now();
     let mut conn = open(t0, &settings);
-    assert_eq!(conn.queue_message(&[b'x'; 900], t0, &settings), Queued::Yes);
-    assert_eq!(conn.queue_message(&[b'x'; 100], t0, &settings), Queued::OverLimit);
+    assert_eq!(conn.queue_message(&[b'x'; 900], true, t0, &settings), Queued::Yes);
+    assert_eq!(conn.queue_message(&[b'x'; 100], true, t0, &settings), Queued::OverLimit);
     assert!(conn.fits(80, &settings));
-    assert_eq!(conn.queue_message(&[b'x'; 80], t0, &settings), Queued::Yes);
+    assert_eq!(conn.queue_message(&[b'x'; 80], true, t0, &settings), Queued::Yes);
     let _ = conn.close(Close::Frame(CloseReason::OutputLimit), t0, &settings);
-    assert_eq!(conn.queue_message(b"late", t0, &settings), Queued::NotOpen);
+    assert_eq!(conn.queue_message(b"late", true, t0, &settings), Queued::NotOpen);
 }
 
 #[test]
@@ -273,7 +303,7 @@ fn output_over_the_soft_limit_for_its_time_closes_however_fast_it_drains() {
     let t0 = Instant::now();
     let mut conn = open(t0, &settings);
     for _ in 0..20 {
-        assert_eq!(conn.queue_message(&[b'x'; 200], t0, &settings), Queued::Yes);
+        assert_eq!(conn.queue_message(&[b'x'; 200], true, t0, &settings), Queued::Yes);
     }
     assert_eq!(conn.next_deadline(&settings), Some(t0 + secs(5.0)).min(Some(t0 + FIRST_PING)));
     // It reads, a little at a time: never stalled, but never under the soft limit either.
@@ -296,12 +326,12 @@ fn dropping_under_the_soft_limit_stops_its_clock() {
     let settings = Settings { max_output_soft: 1000, max_output_soft_for: secs(5.0), ..settings() };
     let t0 = Instant::now();
     let mut conn = open(t0, &settings);
-    conn.queue_message(&[b'x'; 2000], t0, &settings);
+    conn.queue_message(&[b'x'; 2000], true, t0, &settings);
     let mut socket = Socket { budget: 1500, ..Socket::default() };
     conn.write_to(&mut socket, t0 + secs(4.0), &settings).expect("writes");
     feed(&mut conn, &client_frame(0x8a, b""), t0 + secs(5.0), &settings);
     assert_eq!(conn.handle_timeout(t0 + secs(5.0), &settings), None);
-    conn.queue_message(&[b'x'; 1000], t0 + secs(5.0), &settings);
+    conn.queue_message(&[b'x'; 1000], true, t0 + secs(5.0), &settings);
     assert_eq!(conn.handle_timeout(t0 + secs(9.9), &settings), None, "the clock restarted at 5 s");
 }
 
@@ -463,7 +493,7 @@ fn a_write_error_leaves_the_close_to_the_transport() {
     let settings = settings();
     let t0 = Instant::now();
     let mut conn = open(t0, &settings);
-    conn.queue_message(b"x", t0, &settings);
+    conn.queue_message(b"x", true, t0, &settings);
     assert!(conn.write_to(&mut Broken, t0, &settings).is_err());
     assert!(conn.is_open(), "still open: the transport's close runs the core's leave");
     assert_eq!(conn.close(Close::Drop(CloseReason::ConnectionLost), t0, &settings), Departure::Left);
@@ -546,7 +576,7 @@ mod tls {
         let n = client.reader().read(&mut plaintext).unwrap();
         assert!(plaintext[..n].starts_with(b"HTTP/1.1 101 "));
 
-        assert_eq!(conn.queue_message(b"world", t0, &settings), Queued::Yes);
+        assert_eq!(conn.queue_message(b"world", true, t0, &settings), Queued::Yes);
         exchange(&mut client, &mut conn, t0, &settings);
         let n = client.reader().read(&mut plaintext).unwrap();
         assert_eq!(&plaintext[..n], [&[0x81, 5][..], b"world"].concat());

@@ -9,7 +9,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Message};
 
 use super::output::Output;
-use super::{Close, Event, Settings};
+use super::{Close, Event, Peer, Settings};
 use crate::metrics::CloseReason;
 use crate::transport::rate_limit::{RateLimiter, Verdict};
 
@@ -23,7 +23,7 @@ pub(super) fn read_messages(
     echo: bool,
     input: &mut dyn Read,
     out: &mut Output,
-    rate: &mut RateLimiter,
+    peer: &mut Peer,
     now: Instant,
     settings: &Settings,
 ) -> Option<Event> {
@@ -37,11 +37,15 @@ pub(super) fn read_messages(
         let (bytes, text) = match message {
             Message::Text(text) => (Bytes::from(text), true),
             Message::Binary(bytes) => (bytes, false),
+            Message::Pong(payload) if !echo => match peer.receipts.confirm(&payload) {
+                Some(messages) => return Some(Event::Acknowledged { messages }),
+                None => continue,
+            },
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             Message::Close(_) => return Some(Event::Close(Close::Answer)),
         };
         if !echo {
-            return Some(admit(rate, now, settings, bytes));
+            return Some(admit(&mut peer.rate, now, settings, bytes));
         }
         if !echo_back(out, &bytes, text, cap) {
             return Some(Event::Close(Close::Frame(CloseReason::OutputLimit)));
@@ -150,6 +154,8 @@ pub fn close_frame(reason: CloseReason) -> (CloseCode, &'static str) {
         CloseReason::RateLimit => (CloseCode::Policy, "rate limit exceeded, repeatedly"),
         CloseReason::InvalidUtf8 => (CloseCode::Invalid, "invalid UTF-8 in a text message"),
         CloseReason::Shutdown => (CloseCode::Away, "server shutting down"),
+        // The client resumed on a newer connection (PROTOCOL.md, *Resume*).
+        CloseReason::TakenOver => (CloseCode::Library(4001), "resumed on another connection"),
         _ => (CloseCode::Protocol, "WebSocket protocol violation"),
     }
 }
