@@ -30,6 +30,8 @@ mod client_list;
 mod outbox;
 mod registry;
 mod resume;
+#[cfg(test)]
+mod resume_tests;
 mod sessions;
 #[cfg(test)]
 mod tests;

@@ -19,4 +19,5 @@ mod lifecycle;
 mod limits;
 mod loadtest_smoke;
 mod output_limits;
+mod resume;
 mod tls;
