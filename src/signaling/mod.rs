@@ -711,7 +711,12 @@ impl Signaling {
             if let (None, Link::Attached(conn)) = (client.session, client.link)
                 && client.list_seen < *version
             {
-                match out.send_client_list(conn, encoded) {
+                // A resumable client counts lists: they must stay where they were queued.
+                let delivery = match client.resume {
+                    Some(_) => out.send_client_list_in_order(conn, encoded),
+                    None => out.send_client_list(conn, encoded),
+                };
+                match delivery {
                     ListDelivery::Queued => {
                         client.list_seen = *version;
                         if let Some(log) = client.resume.as_mut() {

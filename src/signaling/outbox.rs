@@ -68,6 +68,15 @@ pub trait Outbox {
     /// clone of the `Rc`, not a copy of the bytes.
     fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> ListDelivery;
 
+    /// Like [`send_client_list`](Outbox::send_client_list), for a client that counts its
+    /// messages (resume): an unsent older list is never withdrawn or moved, since that
+    /// would change the count and order of what the client receives. While one is queued,
+    /// the answer is [`ListDelivery::Busy`]. Outboxes that never withdraw lists need not
+    /// override this.
+    fn send_client_list_in_order(&mut self, to: ConnId, list: &Rc<[u8]>) -> ListDelivery {
+        self.send_client_list(to, list)
+    }
+
     /// Like [`send`](Outbox::send), but past the output cap too: for the replay after a
     /// resume, which the core has bounded itself (twice `--max-output` at most).
     fn resend(&mut self, to: ConnId, message: &[u8]) -> Delivery {

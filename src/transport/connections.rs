@@ -217,12 +217,19 @@ impl Outbox for Connections {
     }
 
     fn send_client_list(&mut self, to: ConnId, list: &Rc<[u8]>) -> ListDelivery {
+        self.queue_list(to, list, true)
+    }
+
+    fn send_client_list_in_order(&mut self, to: ConnId, list: &Rc<[u8]>) -> ListDelivery {
+        self.queue_list(to, list, false)
+    }
+}
+
+impl Connections {
+    fn queue_list(&mut self, to: ConnId, list: &Rc<[u8]>, may_withdraw: bool) -> ListDelivery {
         let now = self.now;
-        let Some(slot) = self.slab.get_mut(to.index()).filter(|slot| slot.generation == to.generation())
-        else {
-            return ListDelivery::Gone;
-        };
-        match slot.machine.queue_list(list, now, &self.settings) {
+        let Some(slot) = slot_mut(&mut self.slab, to) else { return ListDelivery::Gone };
+        match slot.machine.queue_list(list, may_withdraw, now, &self.settings) {
             ListQueued::Yes => {
                 self.queue_flush(to);
                 ListDelivery::Queued
@@ -231,9 +238,7 @@ impl Outbox for Connections {
             ListQueued::NotOpen => ListDelivery::Gone,
         }
     }
-}
 
-impl Connections {
     fn queue(&mut self, to: ConnId, message: &[u8], capped: bool) -> Delivery {
         let now = self.now;
         let Some(slot) = slot_mut(&mut self.slab, to) else { return Delivery::Gone };

@@ -458,11 +458,19 @@ impl Connection {
     }
 
     /// Queues the current client list (shared, not copied); see [`Output::push_list`].
-    pub fn queue_list(&mut self, list: &std::rc::Rc<[u8]>, now: Instant, settings: &Settings) -> ListQueued {
+    /// `may_withdraw`: an unsent earlier list may be withdrawn (not for a client that
+    /// counts its messages).
+    pub fn queue_list(
+        &mut self,
+        list: &std::rc::Rc<[u8]>,
+        may_withdraw: bool,
+        now: Instant,
+        settings: &Settings,
+    ) -> ListQueued {
         if !self.is_open() {
             return ListQueued::NotOpen;
         }
-        if !self.out.push_list(list) {
+        if !self.out.push_list(list, may_withdraw) {
             return ListQueued::Busy;
         }
         self.peer.receipts.queued += 1;

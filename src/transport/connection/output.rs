@@ -114,8 +114,9 @@ impl Output {
     /// queued earlier and not yet started is withdrawn (a client holds at most one unsent
     /// list, and only the newest matters; it goes last so it follows every message produced
     /// before it). Returns `false` while an earlier list is partly written: the caller
-    /// offers the newest one again later.
-    pub fn push_list(&mut self, list: &Rc<[u8]>) -> bool {
+    /// offers the newest one again later. With `may_withdraw` false an earlier list is
+    /// never withdrawn: `false` while one is queued at all.
+    pub fn push_list(&mut self, list: &Rc<[u8]>, may_withdraw: bool) -> bool {
         let mut header = Vec::with_capacity(10);
         push_text_header(&mut header, list.len());
         let mut fixed = [0u8; 10];
@@ -123,7 +124,7 @@ impl Output {
         let header = Segment::ListHeader(fixed, header.len() as u8);
         let list = Segment::SharedList(Rc::clone(list));
         match self.segments.iter().position(|s| matches!(s, Segment::ListHeader(..))) {
-            Some(at) if at > 0 || self.front_written == 0 => {
+            Some(at) if may_withdraw && (at > 0 || self.front_written == 0) => {
                 self.segments.drain(at..at + 2);
                 self.segments.push_back(header);
                 self.segments.push_back(list);
@@ -247,7 +248,7 @@ mod tests {
     fn partial_writes_resume_and_lists_are_not_counted() {
         let mut out = Output::default();
         out.push_text(b"relay");
-        assert!(out.push_list(&list(r#"{"cmd":"clu","list":[]}"#)));
+        assert!(out.push_list(&list(r#"{"cmd":"clu","list":[]}"#), true));
         assert_eq!(out.unsent_counted(), 7);
         let mut sock = Trickle { taken: Vec::new(), budget: 10 };
         assert_eq!(out.write_to(&mut sock, &mut 0).expect("writes"), Flush::Pending);
@@ -262,12 +263,25 @@ mod tests {
     fn a_newer_list_replaces_an_unstarted_one_and_goes_last() {
         let mut out = Output::default();
         out.push_text(b"a");
-        assert!(out.push_list(&list("[1]")));
+        assert!(out.push_list(&list("[1]"), true));
         out.push_text(b"b");
-        assert!(out.push_list(&list("[1,2]")));
+        assert!(out.push_list(&list("[1,2]"), true));
         let mut sock = Trickle { taken: Vec::new(), budget: usize::MAX };
         out.write_to(&mut sock, &mut 0).expect("writes");
         assert_eq!(sock.taken, [&[0x81, 1][..], b"a", &[0x81, 1], b"b", &[0x81, 5], b"[1,2]"].concat());
+    }
+
+    #[test]
+    fn a_list_for_a_counting_client_is_never_withdrawn_or_moved() {
+        let mut out = Output::default();
+        out.push_text(b"a");
+        assert!(out.push_list(&list("[1]"), false));
+        out.push_text(b"b");
+        assert!(!out.push_list(&list("[1,2]"), false), "one is queued: offer again later");
+        let mut sock = Trickle { taken: Vec::new(), budget: usize::MAX };
+        out.write_to(&mut sock, &mut 0).expect("writes");
+        assert_eq!(sock.taken, [&[0x81, 1][..], b"a", &[0x81, 3], b"[1]", &[0x81, 1], b"b"].concat());
+        assert!(out.push_list(&list("[1,2]"), false), "written out: the next may follow");
     }
 
     #[test]
@@ -287,13 +301,13 @@ mod tests {
     #[test]
     fn a_list_being_written_is_not_replaced() {
         let mut out = Output::default();
-        assert!(out.push_list(&list("[1,2,3]")));
+        assert!(out.push_list(&list("[1,2,3]"), true));
         let mut sock = Trickle { taken: Vec::new(), budget: 4 };
         assert_eq!(out.write_to(&mut sock, &mut 0).expect("writes"), Flush::Pending);
-        assert!(!out.push_list(&list("[4]")), "the first list is half written");
+        assert!(!out.push_list(&list("[4]"), true), "the first list is half written");
         sock.budget = usize::MAX;
         out.write_to(&mut sock, &mut 0).expect("writes");
-        assert!(out.push_list(&list("[4]")), "written out: a new list may follow");
+        assert!(out.push_list(&list("[4]"), true), "written out: a new list may follow");
         out.write_to(&mut sock, &mut 0).expect("writes");
         assert_eq!(sock.taken, [&[0x81, 7][..], b"[1,2,3]", &[0x81, 3], b"[4]"].concat());
     }

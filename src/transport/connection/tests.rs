@@ -222,7 +222,7 @@ fn a_pong_acknowledges_the_messages_queued_before_its_ping() {
         assert_eq!(conn.queue_message(message, true, t0, &settings), Queued::Yes);
     }
     assert_eq!(
-        conn.queue_list(&Rc::from(&b"{\"cmd\":\"clu\",\"list\":[]}"[..]), t0, &settings),
+        conn.queue_list(&Rc::from(&b"{\"cmd\":\"clu\",\"list\":[]}"[..]), true, t0, &settings),
         ListQueued::Yes
     );
     assert_eq!(conn.messages_queued(), 3);
@@ -341,12 +341,12 @@ fn a_half_written_client_list_counts_against_the_soft_limit() {
     let t0 = Instant::now();
     let mut conn = open(t0, &settings);
     let list: Rc<[u8]> = Rc::from(vec![b'l'; 4000]);
-    assert_eq!(conn.queue_list(&list, t0, &settings), ListQueued::Yes);
+    assert_eq!(conn.queue_list(&list, true, t0, &settings), ListQueued::Yes);
     assert!(conn.held_bytes() > 4000);
     let mut socket = Socket { budget: 10, ..Socket::default() };
     conn.write_to(&mut socket, t0, &settings).expect("writes");
     let newer: Rc<[u8]> = Rc::from(vec![b'm'; 10]);
-    assert_eq!(conn.queue_list(&newer, t0, &settings), ListQueued::Busy, "it pins the old one");
+    assert_eq!(conn.queue_list(&newer, true, t0, &settings), ListQueued::Busy, "it pins the old one");
     feed(&mut conn, &client_frame(0x8a, b""), t0 + secs(4.0), &settings);
     assert_eq!(
         conn.handle_timeout(t0 + secs(5.0), &settings),
