@@ -3,18 +3,21 @@
 //! Four connection slots; each step is a message from one of them (built from a small
 //! vocabulary of commands, ids, known session ids and raw fuzz bytes), a disconnect (the slot
 //! then comes back as a new connection, with a new generation, as the transport's slab does),
-//! a clock advance followed by `poll_client_list` until nothing is due now, a change of what
-//! the outbox answers (closing, list still unsent), a token restriction on a fresh connection
-//! or a refused (rate-limited) command.
+//! a lost connection (resumable clients go away, others are gone; the slot comes back as a
+//! new connection too), a pong acknowledging some count, a clock advance followed by `poll`
+//! until nothing is due now, a change of what the outbox answers (closing, list still
+//! unsent), a token restriction on a fresh connection or a refused (rate-limited) command.
+//! Messages include registrations with resume and resumes with tokens the core handed out
+//! (or altered ones), with any count.
 //!
 //! After every step:
 //! * `check_invariants()` holds;
 //! * every message the core produced (kept as raw bytes by an outbox that behaves like
 //!   `MemoryOutbox`) is UTF-8 and one complete JSON object with a string `cmd`;
 //! * nothing was addressed to a connection after its `disconnect`;
-//! * at most 4 clients are registered and at most 2 sessions are live;
-//! * `poll_client_list` never asks to be called again "now" more than a bounded number of
-//!   times in a row (a round always makes progress), and `client_list_due` agrees with it.
+//! * at most 4 clients are attached, and at most half the registered are in sessions;
+//! * `poll` never asks to be called again "now" more than a bounded number of times in a
+//!   row (a round always makes progress), and `next_deadline` agrees with it.
 #![no_main]
 
 use std::collections::HashSet;
@@ -25,7 +28,9 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use signaling_server::protocol::ErrorCode;
-use signaling_server::signaling::{ClientListPacing, ConnId, Delivery, ListDelivery, Outbox, Signaling};
+use signaling_server::signaling::{
+    ClientListPacing, ConnId, Delivery, ListDelivery, Outbox, ResumePolicy, Signaling,
+};
 
 const SLOTS: usize = 4;
 /// Polls in a row that may each return "again now" before we call it a livelock. A round
@@ -34,6 +39,8 @@ const SLOTS: usize = 4;
 const MAX_POLLS_NOW: usize = 64;
 /// Session ids harvested from the outbox, for messages to name real sessions.
 const MAX_KNOWN_SESSIONS: usize = 16;
+/// Resume tokens harvested from the outbox, likewise.
+const MAX_KNOWN_TOKENS: usize = 8;
 
 #[derive(Arbitrary, Debug)]
 struct Scenario {
@@ -41,6 +48,10 @@ struct Scenario {
     small_keys: bool,
     seed: u64,
     pacing: Pacing,
+    /// 0: resume off.
+    resume_grace_ms: u16,
+    /// The bound on held bytes (at least 64).
+    max_held: u16,
     ops: Vec<Op>,
 }
 
@@ -84,6 +95,8 @@ enum Slot {
 enum Op {
     Message { from: Slot, message: Message },
     Disconnect { conn: Slot },
+    Lose { conn: Slot },
+    Acknowledge { conn: Slot, messages: u16 },
     Advance { millis: u16 },
     Closing { conn: Slot, on: bool },
     ListUnsent { conn: Slot, on: bool },
@@ -95,6 +108,14 @@ enum Op {
 enum Message {
     Register {
         sid: Id,
+    },
+    RegisterResumable {
+        sid: Id,
+    },
+    Resume {
+        sid: Id,
+        token: TokenRef,
+        received: u16,
     },
     Session {
         opponent: Id,
@@ -193,6 +214,15 @@ enum SessionRef {
 }
 
 #[derive(Arbitrary, Debug)]
+enum TokenRef {
+    /// A token the core has handed out (index modulo how many were seen).
+    Known(u8),
+    /// A known token with one character changed.
+    Altered(u8, u8),
+    Text(String),
+}
+
+#[derive(Arbitrary, Debug)]
 enum Payload {
     Null,
     Sdp(String),
@@ -233,6 +263,9 @@ enum Key {
     Answer,
     IceCandidate,
     Data,
+    Resume,
+    ResumeToken,
+    Received,
     Other,
 }
 
@@ -248,6 +281,9 @@ impl Key {
             Key::Answer => "answer",
             Key::IceCandidate => "icecandidate",
             Key::Data => "data",
+            Key::Resume => "resume",
+            Key::ResumeToken => "resumeToken",
+            Key::Received => "received",
             Key::Other => "x",
         }
     }
@@ -263,8 +299,9 @@ enum Fragment {
     EmptyObject,
 }
 
-const COMMANDS: [&str; 11] =
-    ["sId", "session", "call", "accept", "icecandidate", "reject", "stop", "notify", "clu", "error", "SID"];
+const COMMANDS: [&str; 12] = [
+    "sId", "session", "call", "accept", "icecandidate", "reject", "stop", "notify", "clu", "error", "SID", "resume",
+];
 
 /// `MemoryOutbox`'s behaviour, but keeping the bytes as sent (MemoryOutbox stores them
 /// through `from_utf8_lossy`, which would hide invalid UTF-8).
@@ -314,9 +351,26 @@ struct Harness {
     fresh: [bool; SLOTS],
     retired: Vec<ConnId>,
     sessions: Vec<String>,
+    tokens: Vec<String>,
 }
 
 impl Harness {
+    fn token_ref(&self, token: &TokenRef) -> String {
+        let known = |i: u8| self.tokens.get(usize::from(i) % self.tokens.len().max(1)).cloned();
+        match token {
+            TokenRef::Known(i) => json_string(&known(*i).unwrap_or_default()),
+            TokenRef::Altered(i, at) => {
+                let mut token = known(*i).unwrap_or_else(|| "A".repeat(22)).into_bytes();
+                let at = usize::from(*at) % token.len().max(1);
+                if let Some(byte) = token.get_mut(at) {
+                    *byte = if *byte == b'A' { b'B' } else { b'A' };
+                }
+                json_string(&String::from_utf8_lossy(&token))
+            }
+            TokenRef::Text(text) => json_string(text),
+        }
+    }
+
     fn conn(&self, slot: Slot) -> ConnId {
         let index = slot as usize;
         ConnId::new(index as u32, self.generation[index])
@@ -372,6 +426,15 @@ impl Harness {
         let s = |text: &str| json_string(text).into_bytes();
         match message {
             Message::Register { sid } => object(&[("cmd", s("sId")), ("sId", sid.json().into_bytes())]),
+            Message::RegisterResumable { sid } => {
+                object(&[("cmd", s("sId")), ("sId", sid.json().into_bytes()), ("resume", b"true".to_vec())])
+            }
+            Message::Resume { sid, token, received } => object(&[
+                ("cmd", s("resume")),
+                ("sId", sid.json().into_bytes()),
+                ("resumeToken", self.token_ref(token).into_bytes()),
+                ("received", received.to_string().into_bytes()),
+            ]),
             Message::Session { opponent } => {
                 object(&[("cmd", s("session")), ("opponentId", opponent.json().into_bytes())])
             }
@@ -420,6 +483,17 @@ impl Harness {
                 self.generation[*slot as usize] += 1;
                 self.fresh[*slot as usize] = true;
             }
+            Op::Lose { conn: slot } => {
+                let conn = self.conn(*slot);
+                self.core.connection_lost(conn, self.now, &mut self.out);
+                assert_eq!(self.core.sid_of(conn), None, "still attached after its loss");
+                self.out.closing.remove(&conn);
+                self.out.list_unsent.remove(&conn);
+                self.retired.push(conn);
+                self.generation[*slot as usize] += 1;
+                self.fresh[*slot as usize] = true;
+            }
+            Op::Acknowledge { conn, messages } => self.core.acknowledge(self.conn(*conn), u64::from(*messages)),
             Op::Advance { millis } => {
                 self.now += Duration::from_millis(u64::from(*millis));
                 self.poll_until_settled();
@@ -449,22 +523,22 @@ impl Harness {
 
     fn poll_until_settled(&mut self) {
         for _ in 0..MAX_POLLS_NOW {
-            let next = self.core.poll_client_list(self.now, &mut self.out);
-            // `client_list_due` (what the event loop sleeps on) agrees with what the poll
+            let next = self.core.poll(self.now, &mut self.out);
+            // `next_deadline` (what the event loop sleeps on) agrees with what the poll
             // just answered: the same future time or none; a past time if "again now".
-            let due = self.core.client_list_due();
+            let due = self.core.next_deadline();
             match next {
                 Some(at) if at <= self.now => {
                     assert!(due.is_some_and(|due| due <= self.now), "poll: again now; due: {due:?}");
                     continue;
                 }
                 _ => {
-                    assert_eq!(due, next, "client_list_due disagrees with poll_client_list");
+                    assert_eq!(due, next, "next_deadline disagrees with poll");
                     return;
                 }
             }
         }
-        panic!("poll_client_list still due now after {MAX_POLLS_NOW} calls");
+        panic!("poll still due now after {MAX_POLLS_NOW} calls");
     }
 
     fn check(&mut self) {
@@ -472,7 +546,7 @@ impl Harness {
             panic!("invariant broken: {broken}");
         }
         let stats = self.core.stats();
-        assert!(stats.registered <= SLOTS && stats.sessions <= SLOTS / 2, "{stats:?}");
+        assert!(stats.registered - stats.away <= SLOTS && 2 * stats.sessions <= stats.registered, "{stats:?}");
         assert_eq!(stats.sessions, stats.sessions_new + stats.sessions_pending + stats.sessions_active);
         for (to, bytes) in &self.out.sent {
             let text = String::from_utf8_lossy(bytes);
@@ -490,6 +564,14 @@ impl Harness {
                     self.sessions.remove(0);
                 }
                 self.sessions.push(id.to_owned());
+            }
+            if let Some(token) = value.get("resumeToken").and_then(Value::as_str)
+                && matches!(cmd, "sId" | "resume")
+            {
+                if self.tokens.len() == MAX_KNOWN_TOKENS {
+                    self.tokens.remove(0);
+                }
+                self.tokens.push(token.to_owned());
             }
         }
         // Keep memory flat over long sequences: what was checked is not needed again.
@@ -529,14 +611,19 @@ fuzz_target!(|scenario: Scenario| {
         state ^= state << 17;
         if small_keys { state & 3 } else { state }
     });
+    let policy = ResumePolicy {
+        grace: Duration::from_millis(u64::from(scenario.resume_grace_ms)),
+        max_held: usize::from(scenario.max_held).max(64),
+    };
     let mut harness = Harness {
-        core: Signaling::with_random(scenario.pacing.build(), random),
+        core: Signaling::with_random(scenario.pacing.build(), random).with_resume(policy),
         out: RawOutbox::default(),
         now: Instant::now(),
         generation: [0; SLOTS],
         fresh: [true; SLOTS],
         retired: Vec::new(),
         sessions: Vec::new(),
+        tokens: Vec::new(),
     };
     for op in &scenario.ops {
         harness.step(op);
