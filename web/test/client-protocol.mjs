@@ -252,7 +252,7 @@ const step = (name, fn) => steps.push([name, fn]);
 const ctx = {};
 
 step('exports', async () => {
-  eq(Object.keys(ERROR_NAMES).length, 17, 'ERROR_NAMES has every code');
+  eq(Object.keys(ERROR_NAMES).length, 18, 'ERROR_NAMES has every code');
   eq([ERROR_NAMES[9000], ERROR_NAMES[9102], ERROR_NAMES[9204], ERROR_NAMES[9500]],
     ['invalidJson', 'sIdInUse', 'sessionNotFound', 'rateLimited'], 'names');
   eq(ERROR_CODES.opponentBusy, 9203, 'ERROR_CODES is the inverse');
