@@ -458,11 +458,20 @@ export class SignalingClient extends EventTarget {
       ws.onmessage = (event) => {
         if (this._ws === ws) this._onMessage(event.data);
       };
-      ws.onclose = (event) => {
+      let closed = false;
+      const onClose = (event) => {
+        if (closed) return;
+        closed = true;
         if (!opened) reject(new SignalingError(0, 'connectFailed', `could not connect to ${target} (close ${event.code})`));
         if (this._ws !== ws) return;
         this._ws = null;
         this._enqueue(() => this._onClose(event));
+      };
+      ws.onclose = onClose;
+      // A failed opening handshake is an error and then a close, but some implementations
+      // (Node 20's WebSocket) stop at the error and stay CONNECTING.
+      ws.onerror = () => {
+        if (!opened) onClose({ code: 1006, reason: '' });
       };
     });
   }
