@@ -73,6 +73,7 @@
  *   datachannel            {call, channel}  created (caller) or received (callee)
  *   open                   {call, channel}  the data channel opened
  *   connectionstatechange  {call, pc, state}
+ *   iceconnectionstatechange  {call, pc, state}
  *   callend                {call, reason}  reason: 'local' (you stopped/rejected), 'rejected',
  *                          'stopped' (by the opponent), 'left' (opponent's connection ended),
  *                          'opponentGone' (9401), 'closed', 'disconnected' (your connection
@@ -290,6 +291,7 @@ export class SignalingClient extends EventTarget {
     // the reply that carried it.
     this._token = null;
     this._received = 0;
+    this._counting = false; // this socket has had its token reply: what follows is counted
     this._closing = false; // the app called close(): never reconnect
     this._outage = null; // while reconnecting: {since, deadline, attempts, timer, attemptTimer, code, reason}
     this._outbox = []; // what was sent while reconnecting, for after the resume
@@ -481,17 +483,19 @@ export class SignalingClient extends EventTarget {
     try {
       message = JSON.parse(data);
     } catch {
-      this._received += 1;
+      if (this._counting) this._received += 1;
       this._emitError(new SignalingError(0, 'invalidArgument', 'the server sent something that is not JSON'));
       return;
     }
     // The count is of every message after the reply that carried the token, whatever it
     // holds, counted on arrival: everything counted is handled, in order, on the queue.
+    // Before that reply on a new connection (an error to a resume, say) nothing counts.
     const isObject = !!message && typeof message === 'object';
     if (isObject && (message.cmd === 'sId' || message.cmd === 'resume') && typeof message.resumeToken === 'string') {
       this._token = message.resumeToken;
       this._received = 0;
-    } else {
+      this._counting = true;
+    } else if (this._counting) {
       this._received += 1;
     }
     if (!isObject) return;
@@ -522,6 +526,7 @@ export class SignalingClient extends EventTarget {
   }
 
   _lose(event) {
+    this._counting = false;
     const now = Date.now();
     const o = {
       since: now,
@@ -684,6 +689,7 @@ export class SignalingClient extends EventTarget {
     this._sId = null;
     this._token = null;
     this._received = 0;
+    this._counting = false;
     this._outbox = [];
     this._orphans.clear();
     const error = new SignalingError(event.code, CLOSE_NAMES[event.code], `connection closed (${event.code})`);

@@ -604,6 +604,37 @@ step('ICE that went bad while reconnecting is restarted through the resumed sess
   eq([tina.of('error').length, ugo.of('error').length], [0, 0], 'no error events');
 });
 
+step('an error to a resume attempt is not counted: the next attempt resumes', async () => {
+  // A WebSocket whose connections, once armed, answer the client's first command with a
+  // 9500 of their own instead of sending it, as a rate-limited server would.
+  let armed = 0;
+  class RefusingOnce extends WebSocket {
+    send(data) {
+      if (armed > 0 && !this.refused) {
+        armed -= 1;
+        this.refused = true;
+        setTimeout(() => this.onmessage({ data: '{"cmd":"error","code":9500,"message":"rate limit"}' }), 0);
+        return;
+      }
+      super.send(data);
+    }
+  }
+  const proxy = await startProxy(server.url);
+  cleanup(proxy);
+  const { caller: abe, callee: bea, call } = await callThroughProxy(server.url, proxy, ['abe', 'bea'], { WebSocket: RefusingOnce });
+  cleanup(abe, bea);
+  bea.notify('abe', 'before', 1);
+  await until(() => seqs(abe, 'before').length === 1, 'a message counted before the loss');
+  armed = 1;
+  proxy.cut();
+  await until(() => abe.of('reconnected').length === 1, "'reconnected'", 10000);
+  eq([armed, abe.of('reconnected')[0].resumed, abe.of('reconnected')[0].attempts >= 2], [0, true, true], 'refused once, resumed on the next attempt');
+  eq([abe.of('sessionlost').length, bea.of('leave').length, call.ended], [0, 0, false], 'nothing lost');
+  bea.notify('abe', 'after', 2);
+  await until(() => seqs(abe, 'after').length === 1, 'a message after the resume');
+  eq(seqs(abe, 'before'), [1], 'no replay of what was counted');
+});
+
 step('another connection resuming the client closes it with 4001: no reconnecting', async () => {
   const proxy = await startProxy(server.url);
   cleanup(proxy);
