@@ -281,13 +281,15 @@ async function startServer(args = []) {
  * A TCP proxy between a client and the server, so that a test can take the network away:
  * cut() resets both sides of every connection (no close frame: the server sees the client
  * away, the client a connection lost with 1006), and while blocked new connections are
- * reset at once, as a network that is down would.
+ * reset at once, as a network that is down would. While deaf, what the server sends is
+ * dropped on the way (a network that fails one way first).
  */
 async function startProxy(serverUrl) {
   const target = new URL(serverUrl);
   const pairs = new Set();
   const proxy = {
     blocked: false,
+    deaf: false,
     accepted: 0,
     refused: 0,
     cut() {
@@ -317,7 +319,9 @@ async function startProxy(serverUrl) {
     };
     for (const socket of pair) socket.on('error', drop).on('close', drop);
     downstream.pipe(upstream);
-    upstream.pipe(downstream);
+    upstream.on('data', (chunk) => {
+      if (!proxy.deaf) downstream.write(chunk);
+    });
   });
   await new Promise((resolve) => listener.listen(0, '127.0.0.1', resolve));
   proxy.url = `ws://127.0.0.1:${listener.address().port}/`;
@@ -633,6 +637,34 @@ step('an error to a resume attempt is not counted: the next attempt resumes', as
   bea.notify('abe', 'after', 2);
   await until(() => seqs(abe, 'after').length === 1, 'a message after the resume');
   eq(seqs(abe, 'before'), [1], 'no replay of what was counted');
+});
+
+step('a call() cut off by the loss rejects; the session the server opened for it is stopped after the resume', async () => {
+  const proxy = await startProxy(server.url);
+  cleanup(proxy);
+  const cid = await client(proxy.url, 'cid');
+  const dan = await client(server.url, 'dan');
+  cleanup(cid, dan);
+  await cid.register('cid');
+  await dan.register('dan');
+  const waiting = (c, sId) => c.clients.some((x) => x.sId === sId && x.stateName === 'WAIT');
+  await until(() => waiting(cid, 'dan'), 'cid sees dan');
+  proxy.deaf = true; // the `session` reply will not reach cid on this connection
+  const cut = cid.call('dan').then(() => null, (err) => err);
+  await until(() => dan.of('sessionstate').some((e) => e.stateName === 'NEW'), 'the server opened the session');
+  proxy.cut();
+  proxy.deaf = false;
+  const err = await cut;
+  eq(err && [err.code, err.name], [1006, 'connectionLost'], 'call() rejected by the loss');
+  await until(() => cid.of('reconnected').length === 1, "'reconnected'", 10000);
+  await until(() => dan.of('callend').length === 1, "dan's call ends");
+  eq(dan.of('callend')[0].reason, 'stopped', 'cid stopped the orphaned session');
+  await until(() => waiting(dan, 'cid') && waiting(dan, 'dan'), 'both back in WAIT');
+  eq([cid.currentCall, cid.of('incomingcall').length, cid.of('sessionstate').length, cid.of('error').length], [null, 0, 0, 0],
+    'cid never took the session for an incoming call');
+  dan.addEventListener('incomingcall', (e) => e.detail.accept({}), { once: true });
+  const call = await cid.call('dan');
+  await until(() => call.state === 3, 'a new call goes through');
 });
 
 step('another connection resuming the client closes it with 4001: no reconnecting', async () => {
