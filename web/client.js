@@ -16,6 +16,15 @@
  *                            with --auth-secret require it).
  *   options.candidateFilter  (RTCIceCandidate) => boolean; local candidates for which it
  *                            returns false are not sent. End-of-candidates (null) is always sent.
+ *   options.resume           default true: register with "resume":true and, when the
+ *                            connection is lost without a close frame (or the server shuts
+ *                            down), reconnect and resume. false: the base protocol only.
+ *   options.resumeGrace      seconds, default 15: the server's --resume-grace.
+ *   options.serverPingInterval  seconds, default 3: the server's --ping-interval. Reconnect
+ *                            attempts go on for resumeGrace + 2 * serverPingInterval.
+ *   options.reconnectMinDelay, options.reconnectMaxDelay   ms, default 250 and 5000: the
+ *                            backoff between attempts (doubling, with jitter).
+ *   options.reconnectTimeout ms, default 5000: one attempt (open + the server's reply).
  *   options.WebSocket, options.RTCPeerConnection   implementations to use instead of the
  *                            globals (tests, non-browser hosts).
  *
@@ -32,10 +41,12 @@
  *   stop()                   Promise: hang up the current call (client.currentCall.stop()).
  *   notify(opponentId, type, data?)   send a notify; throws on local checks. The server sends
  *                            no acknowledgement; 9301 arrives later as an 'error' event.
- *   close()                  close the WebSocket (the server runs `leave` for a session).
+ *   close()                  close the WebSocket (the server runs `leave` for a session);
+ *                            stops reconnecting too.
  * Getters: sId (null until registered), clients (latest list: [{sId, state, stateName}],
  *   yourself included; frozen while you are CALLING because the server sends no list then),
- *   currentCall (the current Call or null), connected (boolean), socket (the WebSocket or null).
+ *   currentCall (the current Call or null), connected (boolean; false while reconnecting),
+ *   reconnecting (boolean), socket (the WebSocket or null).
  *
  * Call (one session; from call() or an 'incomingcall' event)
  *   sessionId, opponentId (null for a callee until the offer arrives), role ('caller' |
@@ -46,6 +57,8 @@
  *   accept(opts)  callee: Promise; answers the offer. opts as for call(); a data channel
  *                 normally comes from the caller (see the 'datachannel' event).
  *   reject()      callee: Promise; declines.     stop()   Promise; hangs up.
+ *   renegotiate({iceRestart})  Promise, resolved once the opponent's answer is applied: a
+ *                 new offer (after adding tracks, or an ICE restart).
  *
  * Events (client.addEventListener(type, e => ... e.detail ...))
  *   clients                {clients}      the latest client list (a `clu`)
@@ -60,15 +73,24 @@
  *   datachannel            {call, channel}  created (caller) or received (callee)
  *   open                   {call, channel}  the data channel opened
  *   connectionstatechange  {call, pc, state}
+ *   iceconnectionstatechange  {call, pc, state}
  *   callend                {call, reason}  reason: 'local' (you stopped/rejected), 'rejected',
  *                          'stopped' (by the opponent), 'left' (opponent's connection ended),
  *                          'opponentGone' (9401), 'closed', 'disconnected' (your connection
- *                          ended), 'error' (WebRTC setup failed; a stop was sent)
+ *                          ended), 'sessionLost' (a resume was refused), 'error' (WebRTC
+ *                          setup failed; a stop was sent)
  *   leave                  {sessionId, opponentId, call}
+ *   reconnecting           {code, name, reason, until}  the connection was lost; the client
+ *                          keeps its sId and call and tries to resume until `until` (ms epoch)
+ *   reconnected            {sId, resumed, attempts, downtime}  resumed: true = nothing was
+ *                          lost; false = the resume was refused and the client registered afresh
+ *   sessionlost            {sessionId, opponentId, call}  a refused resume lost this call (a
+ *                          callend 'sessionLost' follows)
  *   notify                 {from, type, data, hasData}
  *   error                  {error, call}  server errors not answered through a promise, and
  *                          WebRTC failures; error.code / error.name
- *   close                  {code, name, reason}  the WebSocket closed
+ *   close                  {code, name, reason, gaveUp}  the connection is over for good
+ *                          (gaveUp: reconnecting found no server within its time)
  *   message                {message}  every server message, before it is handled
  *
  * Incoming messages and the app's accept/reject/stop are handled strictly in order, one at
@@ -93,6 +115,7 @@ export const ERROR_NAMES = Object.freeze({
   9101: 'alreadyRegistered',
   9102: 'sIdInUse',
   9103: 'sIdNotAllowed',
+  9104: 'resumeRefused',
   9200: 'sessionWithSelf',
   9201: 'opponentNotFound',
   9202: 'alreadyInSession',
@@ -107,7 +130,7 @@ export const ERROR_NAMES = Object.freeze({
 export const ERROR_CODES = Object.freeze(
   Object.fromEntries(Object.entries(ERROR_NAMES).map(([code, name]) => [name, Number(code)])),
 );
-/** WebSocket close codes the server uses (docs/PROTOCOL.md 8.2) -> names. */
+/** WebSocket close codes the server uses (docs/PROTOCOL.md 8.2, 11) -> names. */
 export const CLOSE_NAMES = Object.freeze({
   1000: 'normalClosure',
   1001: 'serverShutdown',
@@ -116,6 +139,7 @@ export const CLOSE_NAMES = Object.freeze({
   1007: 'invalidUtf8',
   1008: 'outputOverflow',
   1009: 'messageTooBig',
+  4001: 'replaced',
 });
 
 /**
@@ -174,6 +198,15 @@ function candidateJson(c) {
   return { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex, usernameFragment: c.usernameFragment };
 }
 
+/** A numeric option, or its default when it is missing or not a finite number >= 0. */
+function option(value, fallback) {
+  return typeof value === 'number' && Number.isFinite(value) && value >= 0 ? value : fallback;
+}
+
+function iceInTrouble(state) {
+  return state === 'disconnected' || state === 'failed';
+}
+
 function defaultUrl() {
   const loc = globalThis.location;
   if (!loc || !loc.host) {
@@ -201,6 +234,8 @@ export class Call {
     this._signalled = false; // our offer/answer is sent: local candidates may follow
     this._localCandidates = []; // gathered before that
     this._remoteCandidates = []; // arrived before the remote description was set
+    this._answerWaiters = []; // renegotiate() promises waiting for the opponent's answer
+    this._iceTrouble = false; // ICE went disconnected/failed while reconnecting
     this.done = new Promise((resolve) => {
       this._resolveDone = resolve;
     });
@@ -224,6 +259,18 @@ export class Call {
   stop() {
     return this._client._enqueue(() => this._client._hangUp(this, 'stop'));
   }
+
+  /**
+   * Send a new offer (tracks added since, or {iceRestart: true}); resolves once the
+   * opponent's answer is applied, rejects if the call ends first.
+   */
+  renegotiate(options = {}) {
+    return new Promise((resolve, reject) => {
+      this._client
+        ._enqueue(() => this._client._renegotiate(this, options, { resolve, reject }))
+        .catch(reject);
+    });
+  }
 }
 
 export class SignalingClient extends EventTarget {
@@ -231,12 +278,23 @@ export class SignalingClient extends EventTarget {
     super();
     this.options = { ...options };
     this._ws = null;
+    this._url = null;
+    this._live = false; // from connect() until the 'close' event
     this._sId = null;
     this._clients = [];
     this._call = null;
     this._ended = new Map(); // sessionId -> Call ended locally, until its ssu 4
+    this._orphans = new Set(); // sessions opened for a call() that a lost connection cut off
     this._pending = []; // requests waiting for a reply: {kind, codes, resolve, reject, data}
     this._queue = Promise.resolve();
+    // Resume (docs/PROTOCOL.md section 11): the last token, and the messages received since
+    // the reply that carried it.
+    this._token = null;
+    this._received = 0;
+    this._counting = false; // this socket has had its token reply: what follows is counted
+    this._closing = false; // the app called close(): never reconnect
+    this._outage = null; // while reconnecting: {since, deadline, attempts, timer, attemptTimer, code, reason}
+    this._outbox = []; // what was sent while reconnecting, for after the resume
   }
 
   get sId() {
@@ -252,12 +310,15 @@ export class SignalingClient extends EventTarget {
     return this._ws;
   }
   get connected() {
-    return !!this._ws && this._ws.readyState === 1;
+    return !this._outage && !!this._ws && this._ws.readyState === 1;
+  }
+  get reconnecting() {
+    return !!this._outage;
   }
 
   /** Open the WebSocket. Resolves with the client. */
   connect(url) {
-    if (this._ws) return Promise.reject(new SignalingError(0, 'invalidState', 'already connected'));
+    if (this._ws || this._outage) return Promise.reject(new SignalingError(0, 'invalidState', 'already connected'));
     let target;
     try {
       target = url || defaultUrl();
@@ -267,29 +328,24 @@ export class SignalingClient extends EventTarget {
     if (this.options.token) {
       target += `${target.includes('?') ? '&' : '?'}token=${encodeURIComponent(this.options.token)}`;
     }
-    const WS = this.options.WebSocket || globalThis.WebSocket;
-    return new Promise((resolve, reject) => {
-      const ws = new WS(target); // no subprotocol: the server never selects one
-      this._ws = ws;
-      let opened = false;
-      ws.onopen = () => {
-        opened = true;
-        resolve(this);
-      };
-      ws.onmessage = (event) => this._onMessage(event.data);
-      ws.onclose = (event) => {
-        if (this._ws === ws) this._ws = null;
-        if (!opened) {
-          reject(new SignalingError(0, 'connectFailed', `could not connect to ${target} (close ${event.code})`));
-        }
-        this._enqueue(() => this._onClose(event));
-      };
-    });
+    this._url = target;
+    this._closing = false;
+    this._live = true;
+    return this._open(target).then(() => this);
   }
 
   /** Close the connection. The server tells a session opponent with `leave`. */
   close(code = 1000, reason = '') {
-    if (this._ws) this._ws.close(code, reason);
+    this._closing = true;
+    const ws = this._ws;
+    if (this._outage) {
+      // Between attempts or within one: over now, without waiting for the attempt.
+      this._ws = null;
+      if (ws) ws.close(code, reason);
+      this._enqueue(() => this._final({ code, reason }));
+      return;
+    }
+    if (ws) ws.close(code, reason);
   }
 
   /** Register. Resolves with the sId as the server normalised it. */
@@ -303,7 +359,9 @@ export class SignalingClient extends EventTarget {
     } catch (err) {
       return Promise.reject(err);
     }
-    return this._request('sId', REGISTER_ERRORS, { cmd: 'sId', sId });
+    const message = { cmd: 'sId', sId };
+    if (this.options.resume !== false) message.resume = true;
+    return this._request('sId', REGISTER_ERRORS, message);
   }
 
   /** Open a session with opponentId, set up an RTCPeerConnection and send the offer. */
@@ -355,12 +413,21 @@ export class SignalingClient extends EventTarget {
   }
 
   _send(message) {
+    if (this._outage) {
+      this._outbox.push(message);
+      return;
+    }
     if (!this.connected) throw new SignalingError(0, 'notConnected', 'not connected');
     this._ws.send(JSON.stringify(message));
   }
 
   _request(kind, codes, message, data) {
     return new Promise((resolve, reject) => {
+      // A request cannot wait in the outbox: its reply would be lost with a refused resume.
+      if (this._outage) {
+        reject(new SignalingError(0, 'notConnected', 'reconnecting'));
+        return;
+      }
       const pending = { kind, codes, resolve, reject, data };
       this._pending.push(pending);
       try {
@@ -377,25 +444,259 @@ export class SignalingClient extends EventTarget {
     return i < 0 ? null : this._pending.splice(i, 1)[0];
   }
 
+  /** A new WebSocket as this._ws; resolves once it is open. */
+  _open(target) {
+    const WS = this.options.WebSocket || globalThis.WebSocket;
+    return new Promise((resolve, reject) => {
+      const ws = new WS(target); // no subprotocol: the server never selects one
+      this._ws = ws;
+      let opened = false;
+      ws.onopen = () => {
+        opened = true;
+        resolve(ws);
+      };
+      // A socket given up on (a timed-out attempt, close() while reconnecting) is no longer
+      // this._ws: whatever it still delivers is not ours to count or handle.
+      ws.onmessage = (event) => {
+        if (this._ws === ws) this._onMessage(event.data);
+      };
+      let closed = false;
+      const onClose = (event) => {
+        if (closed) return;
+        closed = true;
+        if (!opened) reject(new SignalingError(0, 'connectFailed', `could not connect to ${target} (close ${event.code})`));
+        if (this._ws !== ws) return;
+        this._ws = null;
+        this._enqueue(() => this._onClose(event));
+      };
+      ws.onclose = onClose;
+      // A failed opening handshake is an error and then a close, but some implementations
+      // (Node 20's WebSocket) stop at the error and stay CONNECTING.
+      ws.onerror = () => {
+        if (!opened) onClose({ code: 1006, reason: '' });
+      };
+    });
+  }
+
   _onMessage(data) {
     let message;
     try {
       message = JSON.parse(data);
     } catch {
+      if (this._counting) this._received += 1;
       this._emitError(new SignalingError(0, 'invalidArgument', 'the server sent something that is not JSON'));
       return;
     }
-    if (!message || typeof message !== 'object') return;
+    // The count is of every message after the reply that carried the token, whatever it
+    // holds, counted on arrival: everything counted is handled, in order, on the queue.
+    // Before that reply on a new connection (an error to a resume, say) nothing counts.
+    const isObject = !!message && typeof message === 'object';
+    if (isObject && (message.cmd === 'sId' || message.cmd === 'resume') && typeof message.resumeToken === 'string') {
+      this._token = message.resumeToken;
+      this._received = 0;
+      this._counting = true;
+    } else if (this._counting) {
+      this._received += 1;
+    }
+    if (!isObject) return;
     this._enqueue(() => this._handle(message)).catch((err) => this._emitError(err, this._call));
   }
 
   _onClose(event) {
+    if (this._outage && !this._closing) return this._attemptFailed(event);
+    if (!this._closing && this._canResume(event.code)) return this._lose(event);
+    return this._final(event);
+  }
+
+  /**
+   * Whether a close leaves us resumable. 1006 is a loss without a close frame: the server
+   * keeps us away for its grace. 1001 is a server shutting down: the one that comes up
+   * refuses the resume and we register again. Every other close frame from the server
+   * means gone (a broken limit), and 4001 that another connection took us over.
+   */
+  _canResume(code) {
+    return this.options.resume !== false && this._token !== null && this._sId !== null && (code === 1006 || code === 1001);
+  }
+
+  /** How long to keep trying: until the server's grace has surely run out. */
+  _reconnectWindow() {
+    // The server starts the grace when it notices the loss, which for a silent network is
+    // up to two of its ping intervals after we did.
+    return 1000 * (option(this.options.resumeGrace, 15) + 2 * option(this.options.serverPingInterval, 3));
+  }
+
+  _lose(event) {
+    this._counting = false;
+    const now = Date.now();
+    const o = {
+      since: now,
+      deadline: now + this._reconnectWindow(),
+      attempts: 0,
+      timer: null,
+      attemptTimer: null,
+      code: event.code,
+      reason: event.reason,
+    };
+    this._outage = o;
+    // Their replies, if any, are lost with the connection (or come with the replay, where
+    // an orphaned `session` is stopped).
+    const error = new SignalingError(event.code, CLOSE_NAMES[event.code], `connection lost (${event.code})`);
+    for (const p of this._pending.splice(0)) p.reject(error);
+    const call = this._call;
+    if (call && call.pc && iceInTrouble(call.pc.iceConnectionState)) call._iceTrouble = true;
+    this._emit('reconnecting', { code: event.code, name: CLOSE_NAMES[event.code] || 'unknown', reason: event.reason, until: o.deadline });
+    this._scheduleAttempt(o);
+  }
+
+  _scheduleAttempt(o) {
+    const left = o.deadline - Date.now();
+    if (left <= 0) {
+      this._final({ code: o.code, reason: o.reason }, true);
+      return;
+    }
+    const min = option(this.options.reconnectMinDelay, 250);
+    const max = option(this.options.reconnectMaxDelay, 5000);
+    const base = Math.min(max, min * 2 ** o.attempts);
+    // Jitter, so that the clients of a server that went down do not all come back at once.
+    const delay = Math.min(left, base / 2 + (Math.random() * base) / 2);
+    o.attempts += 1;
+    o.timer = setTimeout(() => {
+      o.timer = null;
+      if (this._outage === o) this._attempt(o);
+    }, delay);
+  }
+
+  _attempt(o) {
+    const opening = this._open(this._url);
+    const ws = this._ws;
+    o.attemptTimer = setTimeout(() => {
+      o.attemptTimer = null;
+      // The close event that follows schedules the next attempt. On an open socket this
+      // sends a close frame: harmless while the server has not taken the resume, which is
+      // what a missing reply almost always means.
+      if (this._ws === ws) ws.close();
+    }, option(this.options.reconnectTimeout, 5000));
+    opening.then(
+      () => {
+        if (this._outage !== o || this._ws !== ws) return;
+        if (this._token !== null) this._sendResume(o, ws);
+        else this._registerAgain(o, ws);
+      },
+      () => {}, // the close event reports it
+    );
+  }
+
+  _attemptFailed(event) {
+    const o = this._outage;
+    clearTimeout(o.attemptTimer);
+    o.attemptTimer = null;
+    // Only the attempt's own handshake can be pending while reconnecting.
+    this._pending.length = 0;
+    o.code = event.code;
+    o.reason = event.reason;
+    this._scheduleAttempt(o);
+  }
+
+  _sendResume(o, ws) {
+    this._pending.push({
+      kind: 'resume',
+      codes: [9003, 9104, 9500],
+      resolve: () => this._resumed(o),
+      reject: (err) => {
+        if (this._outage !== o) return;
+        if (err.code !== 9104) {
+          ws.close(); // next attempt
+          return;
+        }
+        // The session is gone on the server (the grace ran out, or the server restarted).
+        // The old sId may stay held for up to a grace if the server still has it away.
+        this._token = null;
+        o.deadline = Math.max(o.deadline, Date.now() + this._reconnectWindow());
+        this._sessionLost();
+        this._registerAgain(o, ws);
+      },
+    });
+    ws.send(JSON.stringify({ cmd: 'resume', sId: this._sId, resumeToken: this._token, received: this._received }));
+  }
+
+  _registerAgain(o, ws) {
+    this._pending.push({
+      kind: 'sId',
+      codes: REGISTER_ERRORS,
+      resolve: () => {
+        if (this._outage !== o) return;
+        this._endOutage(o);
+        this._flushOutbox();
+        this._emit('reconnected', { sId: this._sId, resumed: false, attempts: o.attempts, downtime: Date.now() - o.since });
+      },
+      reject: (err) => {
+        if (this._outage !== o) return;
+        // 9102: an away copy of us still holds the sId; 9500: too fast. Both pass.
+        if (err.code === 9102 || err.code === 9500) {
+          ws.close();
+          return;
+        }
+        this._emitError(err);
+        this.close();
+      },
+    });
+    ws.send(JSON.stringify({ cmd: 'sId', sId: this._sId, resume: true }));
+  }
+
+  _resumed(o) {
+    if (this._outage !== o) return;
+    this._endOutage(o);
+    this._flushOutbox();
+    this._emit('reconnected', { sId: this._sId, resumed: true, attempts: o.attempts, downtime: Date.now() - o.since });
+    const call = this._call;
+    if (call && call.pc && !call.ended && (call._iceTrouble || iceInTrouble(call.pc.iceConnectionState))) {
+      call._iceTrouble = false;
+      // Queued behind the replay that has arrived so far.
+      this._enqueue(() => this._renegotiate(call, { iceRestart: true })).catch((err) => this._emitError(err, call));
+    }
+  }
+
+  _endOutage(o) {
+    clearTimeout(o.timer);
+    clearTimeout(o.attemptTimer);
+    if (this._outage === o) this._outage = null;
+  }
+
+  _flushOutbox() {
+    for (const message of this._outbox.splice(0)) this._send(message);
+  }
+
+  /** A refused resume: the call it had is over on the server; end it here too. */
+  _sessionLost() {
+    this._ended.clear();
+    this._orphans.clear();
+    this._outbox = this._outbox.filter((message) => message.sessionId === undefined);
+    const call = this._call;
+    if (!call) return;
+    this._emit('sessionlost', { sessionId: call.sessionId, opponentId: call.opponentId, call });
+    this._endCall(call, 'sessionLost');
+    this._ended.delete(call.sessionId); // no ssu 4 will come for it
+  }
+
+  /** The end: the app closed, the server ended us, or reconnecting gave up. */
+  _final(event, gaveUp = false) {
+    if (!this._live) return;
+    this._live = false;
+    if (this._outage) this._endOutage(this._outage);
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) ws.close();
     this._sId = null;
+    this._token = null;
+    this._received = 0;
+    this._counting = false;
+    this._outbox = [];
+    this._orphans.clear();
     const error = new SignalingError(event.code, CLOSE_NAMES[event.code], `connection closed (${event.code})`);
     for (const p of this._pending.splice(0)) p.reject(error);
     if (this._call) this._endCall(this._call, 'disconnected');
     this._ended.clear();
-    this._emit('close', { code: event.code, name: CLOSE_NAMES[event.code] || 'unknown', reason: event.reason });
+    this._emit('close', { code: event.code, name: CLOSE_NAMES[event.code] || 'unknown', reason: event.reason, gaveUp });
   }
 
   _current(sessionId) {
@@ -419,9 +720,22 @@ export class SignalingClient extends EventTarget {
         this._emit('clients', { clients: this._clients });
         return;
       }
+      case 'resume': {
+        const p = this._take('resume');
+        if (p) p.resolve(message);
+        return;
+      }
       case 'session': {
         const p = this._take('session');
-        if (!p) return;
+        if (!p) {
+          // The reply to a call() that a lost connection cut off (it rejected then): the server
+          // opened the session after all. Stop it, so that neither side stays CALLING.
+          if (sessionId !== undefined && !this._current(sessionId)) {
+            this._orphans.add(sessionId);
+            this._send({ cmd: 'stop', sessionId });
+          }
+          return;
+        }
         // Set the call synchronously, before the `ssu` 1 that follows is handled.
         const call = new Call(this, sessionId, p.data.opponentId, 'caller', p.data.options);
         this._call = call;
@@ -446,6 +760,7 @@ export class SignalingClient extends EventTarget {
         try {
           await call.pc.setRemoteDescription(message.answer);
           await this._flushRemoteCandidates(call);
+          for (const waiter of call._answerWaiters.splice(0)) waiter.resolve();
         } catch (err) {
           this._fail(call, err);
         }
@@ -487,6 +802,10 @@ export class SignalingClient extends EventTarget {
   }
 
   _onStateUpdate(sessionId, state) {
+    if (this._orphans.has(sessionId)) {
+      if (state === SessionState.CLOSED) this._orphans.delete(sessionId);
+      return;
+    }
     let call = this._current(sessionId) || this._ended.get(sessionId) || null;
     if (!call && state === SessionState.NEW && !this._call) {
       // Someone opened a session with us; who it is arrives with the offer (`call`).
@@ -519,13 +838,47 @@ export class SignalingClient extends EventTarget {
       return;
     }
     // Renegotiation by the opponent: answer it.
+    const pc = call.pc;
     try {
-      await call.pc.setRemoteDescription(message.offer);
+      if (pc.signalingState === 'have-local-offer') {
+        // Both sides offered at once (both resumed and restart ICE, say): the caller's offer
+        // wins; the callee drops its own and answers.
+        if (call.role === 'caller') return;
+        await pc.setLocalDescription({ type: 'rollback' });
+        const crossed = new SignalingError(0, 'invalidState', "the opponent's offer crossed this one");
+        for (const waiter of call._answerWaiters.splice(0)) waiter.reject(crossed);
+      }
+      await pc.setRemoteDescription(message.offer);
       await this._flushRemoteCandidates(call);
-      await call.pc.setLocalDescription(await call.pc.createAnswer());
-      this._send({ cmd: 'accept', sessionId: call.sessionId, answer: descriptionJson(call.pc.localDescription) });
+      call._signalled = false; // candidates of the new answer go after it
+      try {
+        await pc.setLocalDescription(await pc.createAnswer());
+        this._send({ cmd: 'accept', sessionId: call.sessionId, answer: descriptionJson(pc.localDescription) });
+      } finally {
+        this._signalled(call);
+      }
     } catch (err) {
       this._fail(call, err);
+    }
+  }
+
+  /** A new offer in an established call; `waiter` hears when its answer is applied. */
+  async _renegotiate(call, { iceRestart = false } = {}, waiter = null) {
+    const pc = call.pc;
+    if (call.ended || !pc) throw new SignalingError(0, 'invalidState', 'no peer connection to renegotiate');
+    if (waiter) call._answerWaiters.push(waiter);
+    // The new offer's candidates must not reach the opponent before it: after an ICE
+    // restart they belong to credentials it does not know yet.
+    call._signalled = false;
+    try {
+      await pc.setLocalDescription(await pc.createOffer(iceRestart ? { iceRestart: true } : undefined));
+      this._send({ cmd: 'call', sessionId: call.sessionId, offer: descriptionJson(pc.localDescription) });
+    } catch (err) {
+      const i = waiter ? call._answerWaiters.indexOf(waiter) : -1;
+      if (i >= 0) call._answerWaiters.splice(i, 1);
+      throw err;
+    } finally {
+      this._signalled(call);
     }
   }
 
@@ -568,6 +921,13 @@ export class SignalingClient extends EventTarget {
     pc.ondatachannel = (event) => this._attachChannel(call, event.channel);
     pc.onconnectionstatechange = () => {
       if (call.pc === pc) this._emit('connectionstatechange', { call, pc, state: pc.connectionState });
+    };
+    pc.oniceconnectionstatechange = () => {
+      if (call.pc !== pc || call.ended) return;
+      const state = pc.iceConnectionState;
+      if (state === 'connected' || state === 'completed') call._iceTrouble = false;
+      else if (this._outage && iceInTrouble(state)) call._iceTrouble = true;
+      this._emit('iceconnectionstatechange', { call, pc, state });
     };
     this._emit('peerconnection', { call, pc });
     return pc;
@@ -661,6 +1021,8 @@ export class SignalingClient extends EventTarget {
         // already closed
       }
     }
+    const ended = new SignalingError(0, 'invalidState', `the call ended (${reason})`);
+    for (const waiter of call._answerWaiters.splice(0)) waiter.reject(ended);
     call._resolveDone(reason);
     this._emit('callend', { call, reason });
   }
