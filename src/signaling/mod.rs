@@ -408,7 +408,16 @@ impl Signaling {
         let log = client.resume.as_mut().ok_or(refused)?;
         // The token is checked first and on its own: a wrong one learns nothing from the
         // count, and never disturbs the client's connection.
-        if !log.token.matches(offered) || log.replay_after(received).is_none() {
+        if !log.token.matches(offered) {
+            return Err(refused);
+        }
+        if log.replay_after(received).is_none() {
+            // The rightful owner, whose messages cannot be replayed: it can never resume.
+            // An away client is gone now, so its peer hears `leave` and the sId is free
+            // for a fresh registration; an attached one keeps its working connection.
+            if client.conn().is_none() {
+                self.depart(id, now, out);
+            }
             return Err(refused);
         }
         // Spent from here on: the reply carries a fresh one.

@@ -262,10 +262,26 @@ fn an_acknowledgement_frees_what_it_covers_and_a_count_below_it_is_refused() {
     let queued = net.out.messages_queued(a);
     net.core.acknowledge(a, queued);
     net.lose(a);
-    assert_refused(&net.resume(conn(3), "alice", &token, 4), conn(3));
-    // The refusal spends nothing: the right count still resumes.
-    let sent = net.resume(conn(3), "alice", &token, 5);
-    assert_eq!(cmds(&texts_for(&sent, conn(3))), ["resume"]);
+    let sent = net.resume(conn(3), "alice", &token, 4);
+    // The rightful owner cannot get its messages back: it is gone at once, its peer told,
+    // and the sId free for a fresh registration.
+    assert_eq!(
+        sent.iter().filter(|(to, _)| *to == conn(3)).collect::<Vec<_>>(),
+        [&(conn(3), ErrorCode::ResumeRefused.message().to_owned())]
+    );
+    assert_eq!(cmds(&texts_for(&sent, b)), ["leave", "ssu"]);
+    assert!(!net.core.is_registered("alice"));
+    net.register(conn(3), "alice");
+}
+
+#[test]
+fn the_right_token_with_an_unreplayable_count_leaves_an_attached_client_alone() {
+    let mut net = Net::new();
+    let (a, b) = (conn(1), conn(2));
+    let (token, _, session) = net.pair(a, b);
+    assert_refused(&net.resume(conn(3), "alice", &token, 99), conn(3));
+    assert!(net.out.taken_over.is_empty());
+    assert_eq!(ice_numbers(&texts_for(&net.ice(b, &session, 1), a)), [1]);
 }
 
 #[test]
@@ -327,8 +343,7 @@ fn every_refusal_is_the_same_9104_and_a_wrong_token_leaves_the_connection_alone(
     net.lose(a);
     assert_refused(&net.resume(conn(3), "alice", &wrong, 2), conn(3));
     assert_refused(&net.resume(conn(3), "nobody", &token, 2), conn(3));
-    assert_refused(&net.resume(conn(3), "alice", &token, 3), conn(3)); // more than was sent
-    assert_eq!(net.core.counters().resumes_refused, 5);
+    assert_eq!(net.core.counters().resumes_refused, 4);
     // The refused connection stays unregistered and may still resume or register.
     assert_eq!(cmds(&texts_for(&net.resume(conn(3), "alice", &token, 2), conn(3))), ["resume"]);
     // The token is spent now.
@@ -411,18 +426,26 @@ fn notify_to_an_away_client_past_the_cap_is_dropped_and_the_client_stays() {
 
 #[test]
 fn what_is_kept_from_before_the_loss_is_bounded_for_a_client_that_never_answers_pings() {
-    let mut net = Net::new();
-    let (a, b) = (conn(1), conn(2));
-    let (token, _, session) = net.pair(a, b);
-    let big = "z".repeat(1000);
-    for _ in 0..20 {
-        net.send(b, &format!(r#"{{"cmd":"call","sessionId":"{session}","offer":"{big}"}}"#));
-    }
-    net.lose(a);
-    // Twenty messages of over 1000 bytes cannot all be kept under a 4096-byte bound.
-    assert_refused(&net.resume(conn(3), "alice", &token, 2), conn(3));
-    // A count that needs only what is still kept resumes: she was sent 23 messages (session,
-    // ssu 1, the first call, ssu 2, 19 more calls), and the last two are wanted.
+    // She is sent 23 messages (session, ssu 1, the first call, ssu 2, 19 more calls of over
+    // 1000 bytes each), never confirms any, and loses her connection.
+    let lost = || {
+        let mut net = Net::new();
+        let (a, b) = (conn(1), conn(2));
+        let (token, _, session) = net.pair(a, b);
+        let big = "z".repeat(1000);
+        for _ in 0..20 {
+            net.send(b, &format!(r#"{{"cmd":"call","sessionId":"{session}","offer":"{big}"}}"#));
+        }
+        net.lose(a);
+        (net, token)
+    };
+    // They cannot all be kept under a 4096-byte bound: a count that needs the oldest is
+    // refused.
+    let (mut net, token) = lost();
+    let sent = net.resume(conn(3), "alice", &token, 2);
+    assert_eq!(texts_for(&sent, conn(3)), [ErrorCode::ResumeRefused.message()]);
+    // One that needs only what is still kept resumes.
+    let (mut net, token) = lost();
     let sent = net.resume(conn(3), "alice", &token, 21);
     assert_eq!(cmds(&texts_for(&sent, conn(3))), ["resume", "call", "call"]);
 }
