@@ -328,7 +328,7 @@ fn framing(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(message.len() as u64));
     group.bench_function("encode_server_text", |b| {
         b.iter(|| {
-            conn.queue_message(black_box(&message), true, now, &settings);
+            conn.queue_message(black_box(&message), false, now, &settings);
             black_box(conn.write_to(&mut Discard, now, &settings).ok());
         })
     });

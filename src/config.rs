@@ -162,7 +162,8 @@ OPTIONS:
                                liveness timeout) stays registered this long, in its session,
                                its messages held (at most --max-output bytes, past it it is
                                gone), until it resumes on a new connection. After it, its
-                               peer gets `leave`. 0 turns resume off. [default: 15]
+                               peer gets `leave`. At most --max-connections clients are
+                               away at once. 0 turns resume off. [default: 15]
     -h, --help                 Print this help.
     -V, --version              Print the version.
 

@@ -516,7 +516,7 @@ impl Harness {
                     self.core.restrict_sid(self.conn(*conn), &sid);
                 }
             }
-            Op::Refuse { conn } => self.core.refuse(self.conn(*conn), ErrorCode::RateLimited, &mut self.out),
+            Op::Refuse { conn } => self.core.refuse(self.conn(*conn), ErrorCode::RateLimited, self.now, &mut self.out),
         }
         self.check();
     }
@@ -614,6 +614,7 @@ fuzz_target!(|scenario: Scenario| {
     let policy = ResumePolicy {
         grace: Duration::from_millis(u64::from(scenario.resume_grace_ms)),
         max_held: usize::from(scenario.max_held).max(64),
+        max_away: 3,
     };
     let mut harness = Harness {
         core: Signaling::with_random(scenario.pacing.build(), random).with_resume(policy),

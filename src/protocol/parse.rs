@@ -227,8 +227,9 @@ fn id<'s>(field: &'s Scalar<'_>) -> Result<&'s str, ErrorCode> {
 /// A count: a non-negative integer, sent as a number or as its decimal text.
 fn count(field: &Scalar<'_>) -> Result<u64, ErrorCode> {
     match field {
+        // Past u64::MAX: more than was ever sent, which the core refuses with 9104.
         Scalar::Text(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
-            text.parse().map_err(|_| ErrorCode::InvalidField)
+            Ok(text.parse().unwrap_or(u64::MAX))
         }
         _ => Err(ErrorCode::InvalidField),
     }
@@ -621,6 +622,14 @@ mod tests {
         assert_eq!(
             parse(r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":3.0}"#),
             Ok(Command::Resume { sid: "a", token: "T", received: 3 })
+        );
+        let huge = parse(
+            r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":"123456789012345678901234567890"}"#,
+        );
+        assert_eq!(
+            huge,
+            Ok(Command::Resume { sid: "a", token: "T", received: u64::MAX }),
+            "more than was sent: 9104"
         );
         for bad in [
             r#"{"cmd":"resume","sId":"a","resumeToken":"T"}"#,

@@ -36,7 +36,7 @@ mod sessions;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::time::Instant;
@@ -103,9 +103,9 @@ pub struct Signaling {
     client_list: ClientList,
     resume: ResumePolicy,
     /// Away clients by the time they left, oldest first (the grace is the same for all, so
-    /// this is also the order their graces end). Entries of clients that came back since
-    /// are skipped when they come up.
-    away: VecDeque<(Instant, ClientId)>,
+    /// this is also the order their graces end). One entry per away client: it goes when
+    /// the client comes back or is gone.
+    away: BTreeSet<(Instant, ClientId)>,
     /// Away clients whose held messages passed the bound while a command was handled: they
     /// are gone once it is done (the core is not re-entered mid-command).
     doomed: Vec<ClientId>,
@@ -141,7 +141,7 @@ impl Signaling {
             sessions: Sessions::default(),
             client_list: ClientList::new(pacing),
             resume: ResumePolicy::OFF,
-            away: VecDeque::new(),
+            away: BTreeSet::new(),
             doomed: Vec::new(),
             parser: Some(Parser::default()),
             scratch: Vec::with_capacity(256),
@@ -204,11 +204,7 @@ impl Signaling {
                             log.kept_bytes()
                         ));
                     }
-                    if !self
-                        .away
-                        .iter()
-                        .any(|&(since, away)| away == id && client.link == Link::Away { since })
-                    {
+                    if !matches!(client.link, Link::Away { since } if self.away.contains(&(since, id))) {
                         return Err(format!("{:?} is away but has no grace running", client.sid));
                     }
                 }
@@ -242,6 +238,10 @@ impl Signaling {
                     return Err(format!("{:?} is a member of a session it is not in", client.sid));
                 }
             }
+        }
+        let away = self.registry.clients().filter(|client| client.conn().is_none()).count();
+        if away != self.away.len() {
+            return Err(format!("{away} clients away, {} graces running", self.away.len()));
         }
         if calling != 2 * self.sessions.len() {
             return Err(format!("{calling} CALLING clients for {} sessions", self.sessions.len()));
@@ -292,8 +292,9 @@ impl Signaling {
 
     /// Answers `to` with error `code` for a command the transport refused before it reached
     /// the core (9500, rate limit), so the error is counted with the others.
-    pub fn refuse(&mut self, to: ConnId, code: ErrorCode, out: &mut dyn Outbox) {
+    pub fn refuse(&mut self, to: ConnId, code: ErrorCode, now: Instant, out: &mut dyn Outbox) {
         self.send_error(to, code, out);
+        self.bury_doomed(now, out);
     }
 
     fn send_error(&mut self, to: ConnId, code: ErrorCode, out: &mut dyn Outbox) {
@@ -430,12 +431,18 @@ impl Signaling {
         if in_wait {
             client.list_seen = 0;
         }
-        if let Link::Attached(old) = previous {
-            self.registry.detach(id, now);
-            out.take_over(old);
+        match previous {
+            Link::Attached(old) => {
+                self.registry.detach(id, now);
+                out.take_over(old);
+            }
+            Link::Away { since } => {
+                self.away.remove(&(since, id));
+            }
         }
         self.registry.attach(id, from);
-        out.send(from, &self.scratch);
+        // Past the cap if need be: the token is spent, this reply must go out.
+        out.resend(from, &self.scratch);
         let base = out.messages_queued(from);
         if let Some(log) = self.registry.get_mut(id).and_then(|client| client.resume.as_mut()) {
             log.base = base;
@@ -571,12 +578,12 @@ impl Signaling {
             .client_of(conn)
             .filter(|&id| self.resume.enabled() && self.registry.get(id).is_some_and(|c| c.resume.is_some()));
         match resumable {
-            Some(id) => {
+            Some(id) if self.away.len() < self.resume.max_away => {
                 self.restricted.remove(&conn);
                 self.registry.detach(id, now);
-                self.away.push_back((now, id));
+                self.away.insert((now, id));
             }
-            None => self.disconnect(conn, now, out),
+            _ => self.disconnect(conn, now, out),
         }
     }
 
@@ -593,6 +600,9 @@ impl Signaling {
     /// Removes `id` and tells its opponent.
     fn depart(&mut self, id: ClientId, now: Instant, out: &mut dyn Outbox) {
         let Some(client) = self.registry.remove(id) else { return };
+        if let Link::Away { since } = client.link {
+            self.away.remove(&(since, id));
+        }
         if let Some(key) = client.session
             && let Some(session) = self.sessions.remove(key)
             && let Some(opponent) = session.opponent_of(id)
@@ -654,7 +664,7 @@ impl Signaling {
     /// When [`poll`](Signaling::poll) has work next: the next client-list round or the end
     /// of the oldest away client's grace. `None` while nothing is due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let grace_ends = self.away.front().map(|&(since, _)| since + self.resume.grace);
+        let grace_ends = self.away.first().map(|&(since, _)| since + self.resume.grace);
         match (self.client_list_due(), grace_ends) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -664,17 +674,15 @@ impl Signaling {
     /// Ends the graces that are over (those clients are gone), then delivers owed client
     /// lists. Returns when to call again, as [`next_deadline`](Signaling::next_deadline).
     pub fn poll(&mut self, now: Instant, out: &mut dyn Outbox) -> Option<Instant> {
-        while let Some(&(since, id)) = self.away.front() {
+        while let Some(&(since, id)) = self.away.first() {
             if since + self.resume.grace > now {
                 break;
             }
-            self.away.pop_front();
-            // Still away since then: it did not come back.
-            if self.registry.get(id).is_some_and(|client| client.link == Link::Away { since }) {
-                self.counters.graces_expired += 1;
-                self.depart(id, now, out);
-                self.bury_doomed(now, out);
-            }
+            self.counters.graces_expired += 1;
+            // `depart` takes it off the queue too; removed first so the loop always moves on.
+            self.away.remove(&(since, id));
+            self.depart(id, now, out);
+            self.bury_doomed(now, out);
         }
         self.poll_client_list(now, out);
         self.next_deadline()
@@ -773,6 +781,10 @@ fn deliver(
         };
         let Some(log) = log else { return delivery };
         match delivery {
+            Delivery::Queued if how == Handover::Resend => {
+                log.record_replayed(message);
+                return Delivery::Queued;
+            }
             Delivery::Queued => {
                 log.record_sent(message, policy.max_held);
                 return Delivery::Queued;

@@ -27,10 +27,14 @@ pub struct ResumePolicy {
     pub grace: Duration,
     /// The bound on what an away client holds (the server's `--max-output`).
     pub max_held: usize,
+    /// Clients that may be away at once (the server's `--max-connections`): an away client
+    /// holds memory like a connection does, without holding one. Past it, a lost
+    /// connection's client is gone, as without resume.
+    pub max_away: usize,
 }
 
 impl ResumePolicy {
-    pub const OFF: ResumePolicy = ResumePolicy { grace: Duration::ZERO, max_held: 0 };
+    pub const OFF: ResumePolicy = ResumePolicy { grace: Duration::ZERO, max_held: 0, max_away: 0 };
 
     pub fn enabled(&self) -> bool {
         !self.grace.is_zero()
@@ -89,11 +93,26 @@ pub struct Resumable {
     held_bytes: usize,
     /// Every message numbered below this is no longer kept.
     kept_from: u64,
+    /// The replay a resume queued is kept at the front, outside `max_kept`, until
+    /// acknowledged: a connection lost again before it was read must be able to resume
+    /// again. How many of the front entries, and their bytes.
+    replayed: usize,
+    replayed_bytes: usize,
 }
 
 impl Resumable {
     pub fn new(token: Token, base: u64) -> Self {
-        Resumable { token, base, sent: 0, kept: VecDeque::new(), kept_bytes: 0, held_bytes: 0, kept_from: 1 }
+        Resumable {
+            token,
+            base,
+            sent: 0,
+            kept: VecDeque::new(),
+            kept_bytes: 0,
+            held_bytes: 0,
+            kept_from: 1,
+            replayed: 0,
+            replayed_bytes: 0,
+        }
     }
 
     /// Bytes produced while away (what counts against `--max-output`).
@@ -110,17 +129,28 @@ impl Resumable {
         self.sent
     }
 
-    /// Numbers and keeps a message given to the attached connection. The oldest kept
-    /// messages go once more than `max_kept` bytes are kept.
+    /// Numbers and keeps a message given to the attached connection. Once more than
+    /// `max_kept` bytes are kept (the replay excepted), the oldest go.
     pub fn record_sent(&mut self, message: &[u8], max_kept: usize) {
         self.sent += 1;
         self.kept.push_back((self.sent, message.into()));
         self.kept_bytes += message.len();
-        while self.kept_bytes - self.held_bytes > max_kept {
-            let Some((number, dropped)) = self.kept.pop_front() else { break };
+        while self.kept_bytes - self.held_bytes - self.replayed_bytes > max_kept {
+            // The oldest after the replay (nothing is held while attached).
+            let Some((number, dropped)) = self.kept.remove(self.replayed) else { break };
             self.kept_bytes -= dropped.len();
-            self.kept_from = number + 1;
+            self.kept_from = self.kept_from.max(number + 1);
         }
+    }
+
+    /// Numbers and keeps a message of the replay after a resume (bounded by the core).
+    pub fn record_replayed(&mut self, message: &[u8]) {
+        debug_assert_eq!(self.replayed, self.kept.len(), "the replay comes first");
+        self.sent += 1;
+        self.kept.push_back((self.sent, message.into()));
+        self.kept_bytes += message.len();
+        self.replayed += 1;
+        self.replayed_bytes += message.len();
     }
 
     /// Numbers a client list given to the attached connection (lists are not replayed).
@@ -147,11 +177,19 @@ impl Resumable {
         while self.kept.front().is_some_and(|(number, _)| *number <= through) {
             if let Some((_, message)) = self.kept.pop_front() {
                 self.kept_bytes -= message.len();
+                if self.replayed > 0 {
+                    self.replayed -= 1;
+                    self.replayed_bytes -= message.len();
+                }
                 // Only an attached connection acknowledges, and nothing is held then.
                 self.held_bytes = self.held_bytes.min(self.kept_bytes);
             }
         }
         self.kept_from = self.kept_from.max(through + 1);
+        if self.kept.is_empty() && self.kept.capacity() > 16 {
+            // After a burst: an idle resumable client should not keep its peak.
+            self.kept = VecDeque::new();
+        }
     }
 
     /// The messages after the first `received`, oldest first, if every one of them is still
@@ -243,6 +281,33 @@ mod tests {
         assert_eq!(log.kept_bytes(), 200);
         assert_eq!(replay(&log, 8).map(|r| r.len()), Some(2));
         assert_eq!(replay(&log, 7), None);
+    }
+
+    #[test]
+    fn a_replay_is_kept_outside_the_bound_until_acknowledged() {
+        let mut log = Resumable::new(Token::new(&mut counter()), 0);
+        for _ in 0..5 {
+            log.record_replayed(&[b'r'; 100]);
+        }
+        // Newer messages are bounded on their own, dropping the oldest after the replay.
+        for _ in 0..3 {
+            log.record_sent(&[b'n'; 100], 250);
+        }
+        assert_eq!(log.kept_bytes(), 700);
+        assert_eq!(replay(&log, 0).map(|r| r.len()), None, "message 6 went");
+        assert_eq!(replay(&log, 6).map(|r| r.len()), Some(2));
+        // Lost again before anything was read: a resume from 0 needs the dropped 6th.
+        let mut log = Resumable::new(Token::new(&mut counter()), 0);
+        for _ in 0..5 {
+            log.record_replayed(&[b'r'; 100]);
+        }
+        log.record_sent(&[b'n'; 100], 250);
+        assert_eq!(replay(&log, 0).map(|r| r.len()), Some(6), "the whole replay survives");
+        log.acknowledge(3);
+        log.record_sent(&[b'n'; 100], 250);
+        log.record_sent(&[b'n'; 100], 250);
+        assert_eq!(replay(&log, 3).map(|r| r.len()), None, "past the bound, the 6th went");
+        assert_eq!(replay(&log, 6).map(|r| r.len()), Some(2));
     }
 
     #[test]

@@ -38,7 +38,7 @@ struct Net {
 
 impl Net {
     fn new() -> Self {
-        Net::with(ResumePolicy { grace: GRACE, max_held: CAP })
+        Net::with(ResumePolicy { grace: GRACE, max_held: CAP, max_away: 100 })
     }
 
     fn with(policy: ResumePolicy) -> Self {
@@ -488,4 +488,60 @@ fn an_away_client_in_wait_keeps_its_place_in_the_list_and_gets_the_list_on_resum
     let sent = net.poll();
     assert_eq!(cmds(&texts_for(&sent, conn(3))), ["clu"]);
     assert!(texts_for(&sent, b).is_empty(), "a resume changes nobody else's list");
+}
+
+#[test]
+fn a_replay_lost_again_before_it_was_read_can_be_resumed_again() {
+    let mut net = Net::new();
+    let (a, b) = (conn(1), conn(2));
+    let (token, _, session) = net.pair(a, b);
+    let big = "x".repeat(1000);
+    // Three calls reach alice's connection (about 3.3 KB kept, under 4096), no pong.
+    for _ in 0..3 {
+        net.send(b, &format!(r#"{{"cmd":"call","sessionId":"{session}","offer":"{big}"}}"#));
+    }
+    net.lose(a);
+    // Three more while away (about 3.3 KB held).
+    for _ in 0..3 {
+        net.send(b, &format!(r#"{{"cmd":"call","sessionId":"{session}","offer":"{big}"}}"#));
+    }
+    let sent = net.resume(conn(3), "alice", &token, 2);
+    let replay = texts_for(&sent, conn(3));
+    let expected = ["resume", "call", "ssu", "call", "call", "call", "call", "call"];
+    assert_eq!(cmds(&replay), expected);
+    let token2 = json(&replay[0]).get_str("resumeToken").expect("token").to_owned();
+    // The new connection dies at once: she read only the resume reply. Nothing was
+    // acknowledged, so all of the replay (twice the bound here) can be replayed again.
+    net.lose(conn(3));
+    let sent = net.resume(conn(4), "alice", &token2, 0);
+    assert_eq!(cmds(&texts_for(&sent, conn(4))), expected);
+}
+
+#[test]
+fn a_client_that_keeps_losing_its_connection_has_one_grace_running() {
+    let mut net = Net::new();
+    let mut token = net.register(conn(1), "alice");
+    let mut on = conn(1);
+    for i in 0..100u32 {
+        net.lose(on);
+        on = conn(100 + i);
+        let sent = net.resume(on, "alice", &token, 0);
+        token = json(&texts_for(&sent, on)[0]).get_str("resumeToken").expect("token").to_owned();
+    }
+    assert_eq!(net.core.away.len(), 0);
+    assert_eq!(net.core.next_deadline().filter(|&due| due > net.now + Duration::from_secs(1)), None);
+    net.lose(on);
+    assert_eq!(net.core.away.len(), 1);
+}
+
+#[test]
+fn past_max_away_a_lost_connection_is_gone_as_without_resume() {
+    let mut net = Net::with(ResumePolicy { grace: GRACE, max_held: CAP, max_away: 2 });
+    let tokens: Vec<String> = (1..=3).map(|i| net.register(conn(i), &format!("c{i}"))).collect();
+    net.lose(conn(1));
+    net.lose(conn(2));
+    net.lose(conn(3));
+    assert_eq!(net.core.stats().away, 2);
+    assert!(!net.core.is_registered("c3"));
+    assert_refused(&net.resume(conn(9), "c3", &tokens[2], 0), conn(9));
 }

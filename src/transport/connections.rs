@@ -191,11 +191,11 @@ impl Connections {
 
 impl Outbox for Connections {
     fn send(&mut self, to: ConnId, message: &[u8]) -> Delivery {
-        self.queue(to, message, true)
+        self.queue(to, message, false)
     }
 
     fn resend(&mut self, to: ConnId, message: &[u8]) -> Delivery {
-        self.queue(to, message, false)
+        self.queue(to, message, true)
     }
 
     fn messages_queued(&self, to: ConnId) -> u64 {
@@ -239,10 +239,10 @@ impl Connections {
         }
     }
 
-    fn queue(&mut self, to: ConnId, message: &[u8], capped: bool) -> Delivery {
+    fn queue(&mut self, to: ConnId, message: &[u8], replay: bool) -> Delivery {
         let now = self.now;
         let Some(slot) = slot_mut(&mut self.slab, to) else { return Delivery::Gone };
-        match slot.machine.queue_message(message, capped, now, &self.settings) {
+        match slot.machine.queue_message(message, replay, now, &self.settings) {
             Queued::Yes => {
                 self.queue_flush(to);
                 Delivery::Queued

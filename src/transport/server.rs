@@ -160,8 +160,11 @@ impl Server {
             waker,
             tls,
             conns: Connections::new(Settings::new(&config, CLOSE_LINGER), now),
-            core: Signaling::new(config.client_list)
-                .with_resume(ResumePolicy { grace: config.resume_grace, max_held: config.max_output }),
+            core: Signaling::new(config.client_list).with_resume(ResumePolicy {
+                grace: config.resume_grace,
+                max_held: config.max_output,
+                max_away: config.max_connections,
+            }),
             admission: Admission::new(config.max_connections, config.max_connections_per_ip),
             config,
             read_again: Vec::new(),
@@ -466,7 +469,7 @@ impl Server {
                 }
                 Event::Acknowledged { messages } => self.core.acknowledge(id, messages),
                 Event::RateLimited => {
-                    self.core.refuse(id, ErrorCode::RateLimited, &mut self.conns);
+                    self.core.refuse(id, ErrorCode::RateLimited, now, &mut self.conns);
                     self.run_departures(now);
                 }
                 Event::Page { route, head_only } => {

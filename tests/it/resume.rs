@@ -404,3 +404,27 @@ fn resume_grace_0_turns_resume_off() {
     other.send(r#"{"cmd":"resume","sId":"alice","resumeToken":"AAAAAAAAAAAAAAAAAAAAAA","received":0}"#);
     other.expect_error(9104);
 }
+
+#[test]
+fn no_more_clients_are_away_than_max_connections() {
+    let server = Server::start_with(&["--max-connections", "3"]);
+    for i in 1..=3 {
+        let lost = Counted::register(&server, &format!("c{i}")).reset();
+        wait_until_away(&server, i.min(3));
+        drop(lost);
+    }
+    let lost = Counted::register(&server, "c4").reset();
+    // Past the bound the lost client is gone, as without resume: its sId is free at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut client = server.connect();
+        client.send(r#"{"cmd":"sId","sId":"c4"}"#);
+        if client.recv().get_str("cmd") == Some("sId") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "c4 stayed registered past the away bound");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metric(&server, "signaling_clients_away"), Some(3));
+    drop(lost);
+}

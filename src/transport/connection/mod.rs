@@ -339,6 +339,12 @@ impl Connection {
             // Nothing to answer to: a handshake that ends any other way just ends.
             (Phase::Handshake { .. }, Close::Frame(_) | Close::Answer) => Phase::Closed,
             (Phase::Open { mut ws, echo }, Close::Frame(reason)) => {
+                if reason == CloseReason::TakenOver {
+                    // What this connection has not started to send reaches the client
+                    // through the replay on the connection that took over; sent here too,
+                    // it could arrive twice (an old path that still works).
+                    self.out.discard_unstarted();
+                }
                 let cap = settings.output_cap(echo);
                 let (code, text) = close_frame(reason);
                 let frame = CloseFrame { code, reason: Utf8Bytes::from_static(text) };
@@ -431,22 +437,26 @@ impl Connection {
         }
     }
 
-    /// Queues one text message from the core, unless it would pass the hard output limit
-    /// (`capped`; the replay after a resume is bounded by the core instead).
+    /// Queues one text message from the core, unless it would pass the hard output limit.
+    /// `replay`: part of the replay after a resume, which the core has bounded instead; it
+    /// counts against neither limit, so the messages after it are judged on their own.
     pub fn queue_message(
         &mut self,
         message: &[u8],
-        capped: bool,
+        replay: bool,
         now: Instant,
         settings: &Settings,
     ) -> Queued {
         if !self.is_open() {
             return Queued::NotOpen;
         }
-        if capped && !self.fits(message.len(), settings) {
+        if replay {
+            self.out.push_replay(message);
+        } else if self.fits(message.len(), settings) {
+            self.out.push_text(message);
+        } else {
             return Queued::OverLimit;
         }
-        self.out.push_text(message);
         self.peer.receipts.queued += 1;
         self.track_output(now, settings);
         Queued::Yes
@@ -519,7 +529,8 @@ impl Connection {
     /// Starts or stops the soft-limit clock.
     fn track_output(&mut self, now: Instant, settings: &Settings) {
         // Output only: what a TLS wire holds of incoming records is input, like the stash.
-        if self.out.held() + self.wire.held_output() > settings.max_output_soft {
+        let held = self.out.held() - self.out.unsent_replay() + self.wire.held_output();
+        if held > settings.max_output_soft {
             self.over_soft_since.get_or_insert(now);
         } else {
             self.over_soft_since = None;

@@ -28,6 +28,9 @@ pub struct Output {
 
 enum Segment {
     Owned(Vec<u8>),
+    /// Frames of the replay after a resume: bounded by the core (twice `--max-output` at
+    /// most), so they count against neither output limit.
+    Replay(Vec<u8>),
     /// The frame header of the client list that follows (at most 10 bytes, then its length).
     ListHeader([u8; 10], u8),
     SharedList(Rc<[u8]>),
@@ -36,7 +39,7 @@ enum Segment {
 impl Segment {
     fn bytes(&self) -> &[u8] {
         match self {
-            Segment::Owned(bytes) => bytes,
+            Segment::Owned(bytes) | Segment::Replay(bytes) => bytes,
             Segment::ListHeader(bytes, len) => &bytes[..usize::from(*len)],
             Segment::SharedList(bytes) => bytes,
         }
@@ -62,9 +65,29 @@ impl Output {
     pub fn held(&self) -> usize {
         let total: usize = self.segments.iter().map(|segment| segment.bytes().len()).sum();
         match self.segments.front() {
-            Some(Segment::Owned(_)) => total - self.front_written,
+            Some(Segment::Owned(_) | Segment::Replay(_)) => total - self.front_written,
             _ => total,
         }
+    }
+
+    /// Unsent replay bytes (see [`Segment::Replay`]): part of [`held`](Self::held), but
+    /// exempt from the soft limit.
+    pub fn unsent_replay(&self) -> usize {
+        let mut total = 0;
+        for (index, segment) in self.segments.iter().enumerate() {
+            if let Segment::Replay(bytes) = segment {
+                total += bytes.len() - if index == 0 { self.front_written } else { 0 };
+            }
+        }
+        total
+    }
+
+    /// Drops every frame not yet started, keeping only a front segment that is partly
+    /// written (cutting it would break the framing). For a connection taken over by a
+    /// newer one: what it has not sent goes through the replay on the new one instead.
+    pub fn discard_unstarted(&mut self) {
+        let keep = usize::from(self.front_written > 0);
+        self.segments.truncate(keep);
     }
 
     /// Unsent bytes, client lists (and their headers) excluded. The hard output limit
@@ -91,6 +114,18 @@ impl Output {
             Some(Segment::Owned(bytes)) => bytes,
             // Just ensured above.
             _ => unreachable!("the last segment is owned"),
+        }
+    }
+
+    /// Appends one text frame of the replay after a resume (not counted by the limits).
+    pub fn push_replay(&mut self, payload: &[u8]) {
+        let front_in_progress = self.segments.len() == 1 && self.front_written > 0;
+        if front_in_progress || !matches!(self.segments.back(), Some(Segment::Replay(_))) {
+            self.segments.push_back(Segment::Replay(Vec::new()));
+        }
+        if let Some(Segment::Replay(tail)) = self.segments.back_mut() {
+            push_text_header(tail, payload.len());
+            tail.extend_from_slice(payload);
         }
     }
 
@@ -269,6 +304,54 @@ mod tests {
         let mut sock = Trickle { taken: Vec::new(), budget: usize::MAX };
         out.write_to(&mut sock, &mut 0).expect("writes");
         assert_eq!(sock.taken, [&[0x81, 1][..], b"a", &[0x81, 1], b"b", &[0x81, 5], b"[1,2]"].concat());
+    }
+
+    #[test]
+    fn a_replay_counts_against_neither_limit_and_keeps_its_place() {
+        let mut out = Output::default();
+        out.push_text(b"reply");
+        out.push_replay(&[b'r'; 1000]);
+        out.push_replay(b"second");
+        out.push_text(b"next");
+        assert_eq!(out.unsent_counted(), 7 + 6);
+        assert_eq!(out.unsent_replay(), 1004 + 8);
+        assert_eq!(out.held(), 7 + 1004 + 8 + 6);
+        let mut sock = Trickle { taken: Vec::new(), budget: 500 };
+        let _ = out.write_to(&mut sock, &mut 0);
+        assert_eq!(out.unsent_replay(), 1004 + 8 - (500 - 7));
+        sock.budget = usize::MAX;
+        out.write_to(&mut sock, &mut 0).expect("writes");
+        let expected = [
+            &[0x81, 5][..],
+            b"reply",
+            &[0x81, 126, 3, 0xe8],
+            &[b'r'; 1000],
+            &[0x81, 6],
+            b"second",
+            &[0x81, 4],
+            b"next",
+        ]
+        .concat();
+        assert_eq!(sock.taken, expected);
+    }
+
+    #[test]
+    fn a_takeover_drops_what_has_not_started_and_finishes_what_has() {
+        let mut out = Output::default();
+        out.push_text(b"started");
+        assert!(out.push_list(&list("[1]"), true));
+        out.push_text(b"later");
+        let mut sock = Trickle { taken: Vec::new(), budget: 3 };
+        let _ = out.write_to(&mut sock, &mut 0);
+        out.discard_unstarted();
+        out.push_raw(b"CLOSE");
+        sock.budget = usize::MAX;
+        out.write_to(&mut sock, &mut 0).expect("writes");
+        assert_eq!(sock.taken, [&[0x81, 7][..], b"started", b"CLOSE"].concat());
+        let mut idle = Output::default();
+        idle.push_text(b"never started");
+        idle.discard_unstarted();
+        assert!(idle.is_empty());
     }
 
     #[test]

@@ -219,7 +219,7 @@ fn a_pong_acknowledges_the_messages_queued_before_its_ping() {
     let mut conn = open(t0, &settings);
     let mut socket = Socket::open();
     for message in [&b"one"[..], b"two"] {
-        assert_eq!(conn.queue_message(message, true, t0, &settings), Queued::Yes);
+        assert_eq!(conn.queue_message(message, false, t0, &settings), Queued::Yes);
     }
     assert_eq!(
         conn.queue_list(&Rc::from(&b"{\"cmd\":\"clu\",\"list\":[]}"[..]), true, t0, &settings),
@@ -230,7 +230,7 @@ fn a_pong_acknowledges_the_messages_queued_before_its_ping() {
     conn.write_to(&mut socket, t0 + FIRST_PING, &settings).expect("writes");
     let ping = [0x89, 0x08, 0, 0, 0, 0, 0, 0, 0, 3];
     assert!(socket.taken.ends_with(&ping), "the ping follows the messages and carries 3");
-    conn.queue_message(b"four", true, t0, &settings);
+    conn.queue_message(b"four", false, t0, &settings);
 
     let pong = |count: u64| client_frame(0x8A, &count.to_be_bytes());
     let now = t0 + FIRST_PING;
@@ -268,7 +268,7 @@ fn a_client_that_pings_but_never_reads_is_closed_after_two_intervals_of_no_progr
     let settings = settings();
     let t0 = Instant::now();
     let mut conn = open(t0, &settings);
-    assert_eq!(conn.queue_message(b"hello", true, t0, &settings), Queued::Yes);
+    assert_eq!(conn.queue_message(b"hello", false, t0, &settings), Queued::Yes);
     let mut blocked = Socket::default();
     let t1 = t0 + secs(1.0);
     assert_eq!(conn.write_to(&mut blocked, t1, &settings).expect("writes"), (Flush::Pending, 0));
@@ -289,12 +289,12 @@ fn the_hard_limit_refuses_a_message_that_would_pass_it() {
     let settings = Settings { max_output: 1000, ..settings() };
     let t0 = Instant::now();
     let mut conn = open(t0, &settings);
-    assert_eq!(conn.queue_message(&[b'x'; 900], true, t0, &settings), Queued::Yes);
-    assert_eq!(conn.queue_message(&[b'x'; 100], true, t0, &settings), Queued::OverLimit);
+    assert_eq!(conn.queue_message(&[b'x'; 900], false, t0, &settings), Queued::Yes);
+    assert_eq!(conn.queue_message(&[b'x'; 100], false, t0, &settings), Queued::OverLimit);
     assert!(conn.fits(80, &settings));
-    assert_eq!(conn.queue_message(&[b'x'; 80], true, t0, &settings), Queued::Yes);
+    assert_eq!(conn.queue_message(&[b'x'; 80], false, t0, &settings), Queued::Yes);
     let _ = conn.close(Close::Frame(CloseReason::OutputLimit), t0, &settings);
-    assert_eq!(conn.queue_message(b"late", true, t0, &settings), Queued::NotOpen);
+    assert_eq!(conn.queue_message(b"late", false, t0, &settings), Queued::NotOpen);
 }
 
 #[test]
@@ -303,7 +303,7 @@ fn output_over_the_soft_limit_for_its_time_closes_however_fast_it_drains() {
     let t0 = Instant::now();
     let mut conn = open(t0, &settings);
     for _ in 0..20 {
-        assert_eq!(conn.queue_message(&[b'x'; 200], true, t0, &settings), Queued::Yes);
+        assert_eq!(conn.queue_message(&[b'x'; 200], false, t0, &settings), Queued::Yes);
     }
     assert_eq!(conn.next_deadline(&settings), Some(t0 + secs(5.0)).min(Some(t0 + FIRST_PING)));
     // It reads, a little at a time: never stalled, but never under the soft limit either.
@@ -326,12 +326,12 @@ fn dropping_under_the_soft_limit_stops_its_clock() {
     let settings = Settings { max_output_soft: 1000, max_output_soft_for: secs(5.0), ..settings() };
     let t0 = Instant::now();
     let mut conn = open(t0, &settings);
-    conn.queue_message(&[b'x'; 2000], true, t0, &settings);
+    conn.queue_message(&[b'x'; 2000], false, t0, &settings);
     let mut socket = Socket { budget: 1500, ..Socket::default() };
     conn.write_to(&mut socket, t0 + secs(4.0), &settings).expect("writes");
     feed(&mut conn, &client_frame(0x8a, b""), t0 + secs(5.0), &settings);
     assert_eq!(conn.handle_timeout(t0 + secs(5.0), &settings), None);
-    conn.queue_message(&[b'x'; 1000], true, t0 + secs(5.0), &settings);
+    conn.queue_message(&[b'x'; 1000], false, t0 + secs(5.0), &settings);
     assert_eq!(conn.handle_timeout(t0 + secs(9.9), &settings), None, "the clock restarted at 5 s");
 }
 
@@ -493,10 +493,34 @@ fn a_write_error_leaves_the_close_to_the_transport() {
     let settings = settings();
     let t0 = Instant::now();
     let mut conn = open(t0, &settings);
-    conn.queue_message(b"x", true, t0, &settings);
+    conn.queue_message(b"x", false, t0, &settings);
     assert!(conn.write_to(&mut Broken, t0, &settings).is_err());
     assert!(conn.is_open(), "still open: the transport's close runs the core's leave");
     assert_eq!(conn.close(Close::Drop(CloseReason::ConnectionLost), t0, &settings), Departure::Left);
+}
+
+#[test]
+fn a_replay_past_the_cap_leaves_room_for_the_messages_after_it() {
+    let settings = settings();
+    let t0 = Instant::now();
+    let mut conn = open(t0, &settings);
+    // A replay of 300 KB, within the core's bound of twice --max-output (256 KiB).
+    for _ in 0..5 {
+        assert_eq!(conn.queue_message(&[b'x'; 60_000], true, t0, &settings), Queued::Yes);
+    }
+    // A slow link takes some of it.
+    let mut socket = Socket { budget: 20_000, ..Socket::default() };
+    conn.write_to(&mut socket, t0, &settings).expect("writes");
+    let ice = br#"{"cmd":"icecandidate","icecandidate":null}"#;
+    assert_eq!(conn.queue_message(ice, false, t0, &settings), Queued::Yes);
+    // Nor does it start the soft-limit clock: read slowly and alive, it is never closed.
+    for second in 1..=12 {
+        let now = t0 + secs(f64::from(second));
+        feed(&mut conn, &client_frame(0x89, b""), now, &settings);
+        socket.budget = 10_000;
+        conn.write_to(&mut socket, now, &settings).expect("writes");
+        assert_eq!(conn.handle_timeout(now, &settings), None, "closed at {second} s");
+    }
 }
 
 mod tls {
@@ -576,7 +600,7 @@ mod tls {
         let n = client.reader().read(&mut plaintext).unwrap();
         assert!(plaintext[..n].starts_with(b"HTTP/1.1 101 "));
 
-        assert_eq!(conn.queue_message(b"world", true, t0, &settings), Queued::Yes);
+        assert_eq!(conn.queue_message(b"world", false, t0, &settings), Queued::Yes);
         exchange(&mut client, &mut conn, t0, &settings);
         let n = client.reader().read(&mut plaintext).unwrap();
         assert_eq!(&plaintext[..n], [&[0x81, 5][..], b"world"].concat());
@@ -589,6 +613,27 @@ mod tls {
         assert_eq!(&plaintext[..2], &[0x88, 2 + 20]);
         assert!(n > 2);
         assert_eq!(client.reader().read(&mut plaintext).ok(), Some(0), "close_notify: a clean end");
+    }
+
+    #[test]
+    fn a_tls_violation_on_an_open_connection_is_a_broken_rule_not_a_loss() {
+        let settings = settings();
+        let (server, client_config) = configs();
+        let t0 = Instant::now();
+        let mut conn = Connection::new(t0, Wire::tls(server).unwrap(), &settings, FIRST_PING);
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(client_config, name).unwrap();
+        for _ in 0..4 {
+            exchange(&mut client, &mut conn, t0, &settings);
+        }
+        client.writer().write_all(UPGRADE).unwrap();
+        let events = exchange(&mut client, &mut conn, t0, &settings);
+        assert_eq!(events, [Event::Opened { allowed_sid: None }]);
+        // An application-data record that does not decrypt.
+        let mut bogus = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+        bogus.extend_from_slice(&[0xAB; 0x40]);
+        let events = feed(&mut conn, &bogus, t0, &settings);
+        assert_eq!(events, [Event::Close(Close::Drop(CloseReason::ProtocolError))]);
     }
 
     #[test]

@@ -133,6 +133,11 @@ impl Write for WsIo<'_> {
 fn close_for(error: &tungstenite::Error) -> Close {
     use tungstenite::error::ProtocolError;
     match error {
+        // The only I/O errors reading can meet come from the TLS wire: a record that does
+        // not decrypt or parse is a broken rule, not a lost connection.
+        tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+            Close::Drop(CloseReason::ProtocolError)
+        }
         tungstenite::Error::ConnectionClosed
         | tungstenite::Error::AlreadyClosed
         | tungstenite::Error::Io(_)
