@@ -1442,6 +1442,11 @@ struct Entry {
     produced_at: Option<usize>,
     /// Held (its connection was lost or closing), not queued.
     held: bool,
+    /// Part of the replay after a resume: kept outside the cap until acknowledged, so a
+    /// connection lost again before the replay was read can be resumed again.
+    replayed: bool,
+    /// Dropped past the cap.
+    dropped: bool,
     bytes: usize,
 }
 
@@ -1457,7 +1462,9 @@ struct Log {
     /// The connection's message count just after the reply: pongs count on that scale.
     base: u64,
     entries: Vec<Entry>,
-    /// Entries numbered below this are no longer kept (acknowledged, or dropped).
+    /// Entries numbered up to this are acknowledged (no longer kept).
+    acknowledged: u64,
+    /// A resume counting less than this needs an entry that is no longer kept.
     kept_from: u64,
     /// Every message produced for the client since it registered, replies and lists
     /// excluded, as the core must encode it; each once, however often it was replayed.
@@ -1475,6 +1482,7 @@ impl Log {
             spent,
             base: 0,
             entries: Vec::new(),
+            acknowledged: 0,
             kept_from: 1,
             produced,
             epoch_base,
@@ -1487,33 +1495,46 @@ impl Log {
     }
 
     fn kept(&self) -> impl Iterator<Item = (u64, &Entry)> + '_ {
-        self.entries
-            .iter()
-            .zip(1u64..)
-            .map(|(entry, number)| (number, entry))
-            .filter(|(number, entry)| entry.produced_at.is_some() && *number >= self.kept_from)
+        self.entries.iter().zip(1u64..).map(|(entry, number)| (number, entry)).filter(|(number, entry)| {
+            entry.produced_at.is_some() && !entry.dropped && *number > self.acknowledged
+        })
     }
 
     fn held_bytes(&self) -> usize {
         self.kept().filter(|(_, e)| e.held).map(|(_, e)| e.bytes).sum()
     }
 
-    /// Given to the attached connection: the oldest kept go while what is kept from before
-    /// the loss passes the cap.
-    fn give(&mut self, at: usize, bytes: usize, cap: usize) {
-        self.entries.push(Entry { produced_at: Some(at), held: false, bytes });
+    /// Given to the attached connection: the oldest kept (the replay excepted) go while
+    /// what is kept from before the loss passes the cap.
+    fn give(&mut self, at: usize, bytes: usize, cap: usize, replayed: bool) {
+        self.entries.push(Entry { produced_at: Some(at), held: false, replayed, dropped: false, bytes });
+        // And all that is kept from before a loss, the replay included, within twice it.
         loop {
-            let before: usize = self.kept().filter(|(_, e)| !e.held).map(|(_, e)| e.bytes).sum();
-            let oldest = self.kept().next().map(|(number, _)| number);
-            match oldest {
-                Some(number) if before > cap => self.kept_from = number + 1,
-                _ => break,
-            }
+            let counted = |e: &Entry| !e.held && !e.replayed;
+            let bytes_of = |log: &Log, pick: &dyn Fn(&Entry) -> bool| -> usize {
+                log.kept().filter(|(_, e)| pick(e)).map(|(_, e)| e.bytes).sum()
+            };
+            let drop = if bytes_of(self, &counted) > cap {
+                self.kept().find(|(_, e)| counted(e)).map(|(number, _)| number)
+            } else if bytes_of(self, &|e: &Entry| !e.held) > 2 * cap {
+                self.kept().find(|(_, e)| !e.held).map(|(number, _)| number)
+            } else {
+                None
+            };
+            let Some(number) = drop else { break };
+            self.entries[number as usize - 1].dropped = true;
+            self.kept_from = self.kept_from.max(number + 1);
         }
     }
 
     fn give_list(&mut self) {
-        self.entries.push(Entry { produced_at: None, held: false, bytes: 0 });
+        self.entries.push(Entry {
+            produced_at: None,
+            held: false,
+            replayed: false,
+            dropped: false,
+            bytes: 0,
+        });
     }
 
     fn can_hold(&self, bytes: usize, cap: usize) -> bool {
@@ -1521,12 +1542,20 @@ impl Log {
     }
 
     fn hold(&mut self, at: usize, bytes: usize) {
-        self.entries.push(Entry { produced_at: Some(at), held: true, bytes });
+        self.entries.push(Entry {
+            produced_at: Some(at),
+            held: true,
+            replayed: false,
+            dropped: false,
+            bytes,
+        });
     }
 
     /// A pong proved the first `through` read.
     fn acknowledge(&mut self, through: u64) {
-        self.kept_from = self.kept_from.max(through.min(self.sent()) + 1);
+        let through = through.min(self.sent());
+        self.acknowledged = self.acknowledged.max(through);
+        self.kept_from = self.kept_from.max(through + 1);
     }
 
     /// A resume counting `received` can be served: it received no more than was sent, and
@@ -1689,7 +1718,7 @@ impl Pred {
         };
         if open {
             let at = place(log);
-            log.give(at, bytes, cap);
+            log.give(at, bytes, cap, how == How::Resend);
             return true;
         }
         // Away, or its connection is closing and the transport has yet to say how it ended.
@@ -1896,6 +1925,19 @@ impl Pred {
         let old = key.filter(|_| refusal.is_none()).and_then(|key| self.m.logs.remove(&key));
         let (Some(key), Some(old)) = (key, old) else {
             tally(refusal.unwrap_or("unreachable"));
+            // The right token with a count that cannot be replayed: the rightful owner can
+            // never resume, so an away client is gone at once (an attached one stays).
+            let unreplayable = matches!(
+                refusal,
+                Some(
+                    "resume refused: more received than sent"
+                        | "resume refused: what it needs is no longer kept"
+                )
+            );
+            if let Some(key) = key.filter(|key| unreplayable && self.m.state.away.contains(key)) {
+                tally("refused: the rightful owner, away, is gone at once");
+                self.depart(key);
+            }
             self.refusal = refusal;
             self.m.counters.refused += 1;
             return self.error(me, 9104);
@@ -2128,7 +2170,7 @@ fn spell_count(pick: CountPick, honest: u64) -> (Option<String>, Option<u64>) {
         Some(r#""x""#),
         Some("null"),
         Some(r#""""#),
-        Some(r#""18446744073709551616""#),
+        Some(r#""12a""#),
         Some("true"),
     ];
     let (n, spelling) = match pick {
@@ -2137,6 +2179,10 @@ fn spell_count(pick: CountPick, honest: u64) -> (Option<String>, Option<u64>) {
         CountPick::Less(d) => (honest.saturating_sub(1 + u64::from(d % 3)), d),
         CountPick::Exactly(n) if n % 9 == 8 => {
             return (Some(r#""18446744073709551615""#.into()), Some(u64::MAX));
+        }
+        // Past u64::MAX: more than was ever sent (9104), not an invalid field.
+        CountPick::Exactly(n) if n % 9 == 7 => {
+            return (Some(r#""18446744073709551616""#.into()), Some(u64::MAX));
         }
         CountPick::Exactly(n) => (u64::from(n % 9), n),
         CountPick::Bad(i) => return (bad[i % bad.len()].map(str::to_owned), None),
@@ -2248,8 +2294,11 @@ impl Run {
         } else {
             ClientListPacing::default()
         };
-        let resume =
-            case.resume.map_or(ResumePolicy::OFF, |p| ResumePolicy { grace: p.grace, max_held: p.max_held });
+        let resume = case.resume.map_or(ResumePolicy::OFF, |p| ResumePolicy {
+            grace: p.grace,
+            max_held: p.max_held,
+            max_away: usize::MAX,
+        });
         let now = Instant::now();
         Run {
             core: Signaling::with_random(pacing, random).with_resume(resume),

@@ -36,7 +36,7 @@ mod sessions;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::time::Instant;
@@ -102,10 +102,12 @@ pub struct Signaling {
     sessions: Sessions,
     client_list: ClientList,
     resume: ResumePolicy,
-    /// Away clients by the time they left, oldest first (the grace is the same for all, so
-    /// this is also the order their graces end). One entry per away client: it goes when
-    /// the client comes back or is gone.
-    away: BTreeSet<(Instant, ClientId)>,
+    /// Away clients by the time they left and the order of their losses, oldest first (the
+    /// grace is the same for all, so this is also the order their graces end). One entry
+    /// per away client: it goes when the client comes back or is gone.
+    away: BTreeMap<(Instant, u64), ClientId>,
+    /// Connections lost so far: orders clients that left at the same instant.
+    losses: u64,
     /// Away clients whose held messages passed the bound while a command was handled: they
     /// are gone once it is done (the core is not re-entered mid-command).
     doomed: Vec<ClientId>,
@@ -141,7 +143,8 @@ impl Signaling {
             sessions: Sessions::default(),
             client_list: ClientList::new(pacing),
             resume: ResumePolicy::OFF,
-            away: BTreeSet::new(),
+            away: BTreeMap::new(),
+            losses: 0,
             doomed: Vec::new(),
             parser: Some(Parser::default()),
             scratch: Vec::with_capacity(256),
@@ -190,12 +193,12 @@ impl Signaling {
                     return Err(format!("{:?}'s connection does not carry it", client.sid));
                 }
                 Link::Attached(_) => {}
-                Link::Away { .. } => {
+                Link::Away { since } => {
                     let log = client
                         .resume
                         .as_ref()
                         .ok_or_else(|| format!("{:?} is away without resume", client.sid))?;
-                    if log.held_bytes() > self.resume.max_held || log.kept_bytes() > 2 * self.resume.max_held
+                    if log.held_bytes() > self.resume.max_held || log.kept_bytes() > 3 * self.resume.max_held
                     {
                         return Err(format!(
                             "{:?} holds {} bytes while away ({} kept in all)",
@@ -204,7 +207,8 @@ impl Signaling {
                             log.kept_bytes()
                         ));
                     }
-                    if !matches!(client.link, Link::Away { since } if self.away.contains(&(since, id))) {
+                    let key = (since, log.away_order);
+                    if self.away.get(&key) != Some(&id) {
                         return Err(format!("{:?} is away but has no grace running", client.sid));
                     }
                 }
@@ -437,7 +441,7 @@ impl Signaling {
                 out.take_over(old);
             }
             Link::Away { since } => {
-                self.away.remove(&(since, id));
+                self.away.remove(&(since, old_log.away_order));
             }
         }
         self.registry.attach(id, from);
@@ -581,7 +585,12 @@ impl Signaling {
             Some(id) if self.away.len() < self.resume.max_away => {
                 self.restricted.remove(&conn);
                 self.registry.detach(id, now);
-                self.away.insert((now, id));
+                let order = self.losses;
+                self.losses += 1;
+                if let Some(log) = self.registry.get_mut(id).and_then(|client| client.resume.as_mut()) {
+                    log.away_order = order;
+                }
+                self.away.insert((now, order), id);
             }
             _ => self.disconnect(conn, now, out),
         }
@@ -600,8 +609,8 @@ impl Signaling {
     /// Removes `id` and tells its opponent.
     fn depart(&mut self, id: ClientId, now: Instant, out: &mut dyn Outbox) {
         let Some(client) = self.registry.remove(id) else { return };
-        if let Link::Away { since } = client.link {
-            self.away.remove(&(since, id));
+        if let (Link::Away { since }, Some(log)) = (client.link, &client.resume) {
+            self.away.remove(&(since, log.away_order));
         }
         if let Some(key) = client.session
             && let Some(session) = self.sessions.remove(key)
@@ -664,7 +673,7 @@ impl Signaling {
     /// When [`poll`](Signaling::poll) has work next: the next client-list round or the end
     /// of the oldest away client's grace. `None` while nothing is due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let grace_ends = self.away.first().map(|&(since, _)| since + self.resume.grace);
+        let grace_ends = self.away.first_key_value().map(|(&(since, _), _)| since + self.resume.grace);
         match (self.client_list_due(), grace_ends) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -674,13 +683,13 @@ impl Signaling {
     /// Ends the graces that are over (those clients are gone), then delivers owed client
     /// lists. Returns when to call again, as [`next_deadline`](Signaling::next_deadline).
     pub fn poll(&mut self, now: Instant, out: &mut dyn Outbox) -> Option<Instant> {
-        while let Some(&(since, id)) = self.away.first() {
+        while let Some((&(since, order), &id)) = self.away.first_key_value() {
             if since + self.resume.grace > now {
                 break;
             }
             self.counters.graces_expired += 1;
             // `depart` takes it off the queue too; removed first so the loop always moves on.
-            self.away.remove(&(since, id));
+            self.away.remove(&(since, order));
             self.depart(id, now, out);
             self.bury_doomed(now, out);
         }
@@ -782,7 +791,7 @@ fn deliver(
         let Some(log) = log else { return delivery };
         match delivery {
             Delivery::Queued if how == Handover::Resend => {
-                log.record_replayed(message);
+                log.record_replayed(message, policy.max_held);
                 return Delivery::Queued;
             }
             Delivery::Queued => {

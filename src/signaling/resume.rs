@@ -98,6 +98,9 @@ pub struct Resumable {
     /// again. How many of the front entries, and their bytes.
     replayed: usize,
     replayed_bytes: usize,
+    /// While away: the order of its loss among those of the same instant (with the time,
+    /// its place in the core's grace queue).
+    pub away_order: u64,
 }
 
 impl Resumable {
@@ -112,6 +115,7 @@ impl Resumable {
             kept_from: 1,
             replayed: 0,
             replayed_bytes: 0,
+            away_order: 0,
         }
     }
 
@@ -130,27 +134,45 @@ impl Resumable {
     }
 
     /// Numbers and keeps a message given to the attached connection. Once more than
-    /// `max_kept` bytes are kept (the replay excepted), the oldest go.
+    /// `max_kept` bytes are kept (the replay excepted), the oldest after the replay go; and
+    /// all that is kept from before a loss, the replay included, stays within twice that.
     pub fn record_sent(&mut self, message: &[u8], max_kept: usize) {
         self.sent += 1;
         self.kept.push_back((self.sent, message.into()));
         self.kept_bytes += message.len();
-        while self.kept_bytes - self.held_bytes - self.replayed_bytes > max_kept {
-            // The oldest after the replay (nothing is held while attached).
-            let Some((number, dropped)) = self.kept.remove(self.replayed) else { break };
-            self.kept_bytes -= dropped.len();
-            self.kept_from = self.kept_from.max(number + 1);
-        }
+        self.trim(max_kept);
     }
 
-    /// Numbers and keeps a message of the replay after a resume (bounded by the core).
-    pub fn record_replayed(&mut self, message: &[u8]) {
+    /// Numbers and keeps a message of the replay after a resume.
+    pub fn record_replayed(&mut self, message: &[u8], max_kept: usize) {
         debug_assert_eq!(self.replayed, self.kept.len(), "the replay comes first");
         self.sent += 1;
         self.kept.push_back((self.sent, message.into()));
         self.kept_bytes += message.len();
         self.replayed += 1;
         self.replayed_bytes += message.len();
+        self.trim(max_kept);
+    }
+
+    fn trim(&mut self, max_kept: usize) {
+        loop {
+            // Nothing is held while attached; held bytes are bounded on their own anyway.
+            let before_loss = self.kept_bytes - self.held_bytes;
+            let at = if before_loss - self.replayed_bytes > max_kept {
+                self.replayed
+            } else if before_loss > 2 * max_kept {
+                0
+            } else {
+                return;
+            };
+            let Some((number, dropped)) = self.kept.remove(at) else { return };
+            self.kept_bytes -= dropped.len();
+            if at < self.replayed {
+                self.replayed -= 1;
+                self.replayed_bytes -= dropped.len();
+            }
+            self.kept_from = self.kept_from.max(number + 1);
+        }
     }
 
     /// Numbers a client list given to the attached connection (lists are not replayed).
@@ -284,30 +306,38 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_is_kept_outside_the_bound_until_acknowledged() {
-        let mut log = Resumable::new(Token::new(&mut counter()), 0);
-        for _ in 0..5 {
-            log.record_replayed(&[b'r'; 100]);
-        }
+    fn a_replay_is_kept_outside_the_bound_until_acknowledged_within_twice_it() {
+        let replayed = |n: usize| {
+            let mut log = Resumable::new(Token::new(&mut counter()), 0);
+            for _ in 0..n {
+                log.record_replayed(&[b'r'; 100], 300);
+            }
+            log
+        };
+        // Lost again before anything was read: the whole replay can be replayed again.
+        let mut log = replayed(5);
+        log.record_sent(&[b'n'; 100], 300);
+        assert_eq!(replay(&log, 0).map(|r| r.len()), Some(6));
         // Newer messages are bounded on their own, dropping the oldest after the replay.
+        let mut log = replayed(2);
+        for _ in 0..4 {
+            log.record_sent(&[b'n'; 100], 300);
+        }
+        assert_eq!(log.kept_bytes(), 500);
+        assert_eq!(replay(&log, 2), None, "message 3 went");
+        assert_eq!(replay(&log, 0), None);
+        assert_eq!(replay(&log, 3).map(|r| r.len()), Some(3));
+        // And all of it stays within twice the bound: the oldest of the replay go first.
+        let mut log = replayed(5);
         for _ in 0..3 {
-            log.record_sent(&[b'n'; 100], 250);
+            log.record_sent(&[b'n'; 100], 300);
         }
-        assert_eq!(log.kept_bytes(), 700);
-        assert_eq!(replay(&log, 0).map(|r| r.len()), None, "message 6 went");
-        assert_eq!(replay(&log, 6).map(|r| r.len()), Some(2));
-        // Lost again before anything was read: a resume from 0 needs the dropped 6th.
-        let mut log = Resumable::new(Token::new(&mut counter()), 0);
-        for _ in 0..5 {
-            log.record_replayed(&[b'r'; 100]);
-        }
-        log.record_sent(&[b'n'; 100], 250);
-        assert_eq!(replay(&log, 0).map(|r| r.len()), Some(6), "the whole replay survives");
-        log.acknowledge(3);
-        log.record_sent(&[b'n'; 100], 250);
-        log.record_sent(&[b'n'; 100], 250);
-        assert_eq!(replay(&log, 3).map(|r| r.len()), None, "past the bound, the 6th went");
-        assert_eq!(replay(&log, 6).map(|r| r.len()), Some(2));
+        assert_eq!(log.kept_bytes(), 600);
+        assert_eq!(replay(&log, 1), None);
+        assert_eq!(replay(&log, 2).map(|r| r.len()), Some(6));
+        // Acknowledged, the replay is freed like anything else.
+        log.acknowledge(5);
+        assert_eq!(log.kept_bytes(), 300);
     }
 
     #[test]
