@@ -231,6 +231,12 @@ fn count(field: &Scalar<'_>) -> Result<u64, ErrorCode> {
         Scalar::Text(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
             Ok(text.parse().unwrap_or(u64::MAX))
         }
+        // A JSON number of 1e21 or more is normalised as JavaScript prints it ("1e+21"):
+        // still an integer, and still more than was ever sent.
+        Scalar::Text(text) if text.contains("e+") => match text.parse::<f64>() {
+            Ok(n) if n.is_finite() && n >= 0.0 && n.fract() == 0.0 => Ok(u64::MAX),
+            _ => Err(ErrorCode::InvalidField),
+        },
         _ => Err(ErrorCode::InvalidField),
     }
 }
@@ -631,13 +637,22 @@ mod tests {
             Ok(Command::Resume { sid: "a", token: "T", received: u64::MAX }),
             "more than was sent: 9104"
         );
+        for number in ["1e30", "1e21", "\"1e+25\""] {
+            let json = format!(r#"{{"cmd":"resume","sId":"a","resumeToken":"T","received":{number}}}"#);
+            assert_eq!(
+                parse(&json),
+                Ok(Command::Resume { sid: "a", token: "T", received: u64::MAX }),
+                "{number}"
+            );
+        }
         for bad in [
+            r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":-1e30}"#,
+            r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":"1e+x"}"#,
             r#"{"cmd":"resume","sId":"a","resumeToken":"T"}"#,
             r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":-1}"#,
             r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":1.5}"#,
             r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":true}"#,
             r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":"x"}"#,
-            r#"{"cmd":"resume","sId":"a","resumeToken":"T","received":1e30}"#,
             r#"{"cmd":"resume","sId":"a","received":0}"#,
             r#"{"cmd":"resume","sId":"a","resumeToken":"","received":0}"#,
             r#"{"cmd":"resume","resumeToken":"T","received":0}"#,

@@ -78,7 +78,7 @@ pub trait Outbox {
     }
 
     /// Like [`send`](Outbox::send), but past the output cap too: for the replay after a
-    /// resume, which the core has bounded itself (twice `--max-output` at most).
+    /// resume, which the core has bounded itself (three times `--max-output` at most).
     fn resend(&mut self, to: ConnId, message: &[u8]) -> Delivery {
         self.send(to, message)
     }

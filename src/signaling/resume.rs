@@ -7,8 +7,9 @@
 //! ([`Resumable::acknowledge`]). Client lists are numbered but never kept: the current list
 //! follows a resume anyway. What is kept is bounded twice: what was produced while the
 //! client was away by `max_held` (past it, the client is gone), and what is kept from
-//! before the loss by `max_held` as well (past it the oldest is dropped, and a resume that
-//! would need it is refused).
+//! before the loss by `max_held` as well, plus the last replay until it is acknowledged,
+//! within twice `max_held` in all (past it the oldest is dropped, and a resume that would
+//! need it is refused). An away client therefore keeps at most three times `max_held`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -349,5 +350,80 @@ mod tests {
         assert_eq!(log.held_bytes(), 300);
         assert!(!log.can_hold(1, 300));
         assert_eq!(replay(&log, 0).map(|r| r.len()), Some(2));
+    }
+
+    thread_local!(static STATS: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) });
+    /// Random sequences of sends, lists, holds, acknowledgements and resumes: a replay is
+    /// either refused or exactly the messages after the count, in order; the bounds hold;
+    /// nothing panics.
+    #[test]
+    fn random_logs_replay_exactly_or_refuse() {
+        let max = 1000usize;
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _case in 0..3000 {
+            let mut log = Resumable::new(Token::new(&mut counter()), 0);
+            // What the client was given, in order: Some(payload) or None for a list.
+            let mut given: Vec<Option<Vec<u8>>> = Vec::new();
+            let mut away = false;
+            let mut next_id = 0u32;
+            for _ in 0..60 {
+                next_id += 1;
+                let len = 1 + rnd(400) as usize;
+                let mut payload = next_id.to_le_bytes().to_vec();
+                payload.resize(len.max(4), b'.');
+                match rnd(10) {
+                    0..=3 if !away => {
+                        log.record_sent(&payload, max);
+                        given.push(Some(payload));
+                    }
+                    4 if !away => {
+                        log.record_list();
+                        given.push(None);
+                    }
+                    5 if !away => {
+                        let through = rnd(given.len() as u64 + 1);
+                        log.acknowledge(through);
+                    }
+                    6 | 7 if away && log.can_hold(payload.len(), max) => {
+                        log.hold(&payload);
+                        given.push(Some(payload));
+                    }
+                    8 if !away => away = true,
+                    9 if away => {
+                        let received = rnd(given.len() as u64 + 2);
+                        let replay: Option<Vec<Vec<u8>>> =
+                            log.replay_after(received).map(|r| r.map(<[u8]>::to_vec).collect());
+                        match replay {
+                            None => STATS.with(|c| c.set((c.get().0 + 1, c.get().1))),
+                            Some(got) => {
+                                STATS.with(|c| c.set((c.get().0, c.get().1 + 1)));
+                                let want: Vec<Vec<u8>> =
+                                    given[received as usize..].iter().flatten().cloned().collect();
+                                assert_eq!(got, want, "received {received}");
+                                let mut fresh = Resumable::new(Token::new(&mut counter()), 0);
+                                for message in &got {
+                                    fresh.record_replayed(message, max);
+                                }
+                                log = fresh;
+                                given = got.into_iter().map(Some).collect();
+                                away = false;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                assert!(log.held_bytes() <= max);
+                assert!(log.kept_bytes() - log.held_bytes() <= 2 * max, "{} kept", log.kept_bytes());
+                assert_eq!(log.sent(), given.len() as u64);
+            }
+        }
+        let (refused, resumed) = STATS.with(|c| c.get());
+        assert!(refused > 100 && resumed > 100, "{refused} refused, {resumed} resumed: both paths ran");
     }
 }

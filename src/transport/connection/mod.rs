@@ -163,6 +163,9 @@ pub struct Connection {
     stalled_since: Option<Instant>,
     /// Since when held output (lists included) has been over the soft limit.
     over_soft_since: Option<Instant>,
+    /// Until when the replay after a resume does not count against the soft limit: long
+    /// enough to drain on a slow link, too short to pin it.
+    replay_exempt_until: Option<Instant>,
 }
 
 /// What the machine tracks of the client's side of the conversation.
@@ -217,6 +220,7 @@ impl Connection {
             next_ping: now + first_ping_after.min(settings.ping_interval),
             stalled_since: None,
             over_soft_since: None,
+            replay_exempt_until: None,
         }
     }
 
@@ -431,6 +435,9 @@ impl Connection {
                 if let Some(since) = self.over_soft_since {
                     next = next.min(since + settings.max_output_soft_for);
                 }
+                if let Some(until) = self.replay_exempt_until.filter(|_| self.out.unsent_replay() > 0) {
+                    next = next.min(until);
+                }
                 Some(next)
             }
             Phase::Closed => None,
@@ -451,6 +458,7 @@ impl Connection {
             return Queued::NotOpen;
         }
         if replay {
+            self.replay_exempt_until.get_or_insert(now + settings.max_output_soft_for);
             self.out.push_replay(message);
         } else if self.fits(message.len(), settings) {
             self.out.push_text(message);
@@ -529,7 +537,11 @@ impl Connection {
     /// Starts or stops the soft-limit clock.
     fn track_output(&mut self, now: Instant, settings: &Settings) {
         // Output only: what a TLS wire holds of incoming records is input, like the stash.
-        let held = self.out.held() - self.out.unsent_replay() + self.wire.held_output();
+        let exempt = match self.replay_exempt_until {
+            Some(until) if now < until => self.out.unsent_replay(),
+            _ => 0,
+        };
+        let held = self.out.held() - exempt + self.wire.held_output();
         if held > settings.max_output_soft {
             self.over_soft_since.get_or_insert(now);
         } else {

@@ -28,8 +28,9 @@ pub struct Output {
 
 enum Segment {
     Owned(Vec<u8>),
-    /// Frames of the replay after a resume: bounded by the core (twice `--max-output` at
-    /// most), so they count against neither output limit.
+    /// Frames of the replay after a resume: bounded by the core (three times
+    /// `--max-output` at most), so they count against neither output limit (the soft one
+    /// only for a while: see `Connection::track_output`).
     Replay(Vec<u8>),
     /// The frame header of the client list that follows (at most 10 bytes, then its length).
     ListHeader([u8; 10], u8),
@@ -82,11 +83,17 @@ impl Output {
         total
     }
 
-    /// Drops every frame not yet started, keeping only a front segment that is partly
-    /// written (cutting it would break the framing). For a connection taken over by a
-    /// newer one: what it has not sent goes through the replay on the new one instead.
+    /// Drops the segments not yet started, keeping whatever cutting would break the
+    /// framing: a front segment partly written, and a client list whose header is out
+    /// (the header and its list are two segments). For a connection taken over by a newer
+    /// one: what it has not sent reaches the client through the replay there. Frames that
+    /// share the front segment with one in progress still go (they are one buffer).
     pub fn discard_unstarted(&mut self) {
-        let keep = usize::from(self.front_written > 0);
+        let keep = match self.segments.front() {
+            Some(Segment::SharedList(_)) => 1,
+            Some(Segment::ListHeader(..)) if self.front_written > 0 => 2,
+            _ => usize::from(self.front_written > 0),
+        };
         self.segments.truncate(keep);
     }
 
@@ -352,6 +359,26 @@ mod tests {
         idle.push_text(b"never started");
         idle.discard_unstarted();
         assert!(idle.is_empty());
+    }
+
+    #[test]
+    fn a_takeover_after_a_list_header_was_written_keeps_the_frame_whole() {
+        for budget in [1, 2] {
+            let mut out = Output::default();
+            assert!(out.push_list(&list("[1]"), false));
+            // The socket takes the list's header (2 bytes) or part of it, then blocks.
+            let mut sock = Trickle { taken: Vec::new(), budget };
+            let _ = out.write_to(&mut sock, &mut 0);
+            out.discard_unstarted();
+            out.push_raw(b"CLOSE");
+            sock.budget = usize::MAX;
+            out.write_to(&mut sock, &mut 0).expect("writes");
+            assert_eq!(
+                sock.taken,
+                [&[0x81, 3][..], b"[1]", b"CLOSE"].concat(),
+                "budget {budget}: the header promised 3 bytes of list; the close frame became its payload"
+            );
+        }
     }
 
     #[test]

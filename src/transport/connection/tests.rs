@@ -523,6 +523,40 @@ fn a_replay_past_the_cap_leaves_room_for_the_messages_after_it() {
     }
 }
 
+/// The replay is exempt from the soft limit for one `--max-output-soft-seconds` only: a
+/// client that reads a few bytes per ping interval cannot pin it forever.
+#[test]
+fn a_trickling_reader_cannot_pin_a_replay_forever() {
+    let settings = settings();
+    let t0 = Instant::now();
+    let mut conn = open(t0, &settings);
+    // The largest replay the core can produce: twice --max-output kept, once held.
+    let chunk = 60_000;
+    let replay = 3 * settings.max_output / chunk;
+    for _ in 0..replay {
+        assert_eq!(conn.queue_message(&vec![b'x'; chunk], true, t0, &settings), Queued::Yes);
+    }
+    let mut closed = None;
+    for step in 1..=120u32 {
+        let now = t0 + secs(f64::from(step) * 5.0);
+        // Alive (a ping) and reading: 100 bytes every 5 s, never stalled.
+        feed(&mut conn, &client_frame(0x89, b""), now, &settings);
+        let mut socket = Socket { budget: 100, ..Socket::default() };
+        conn.write_to(&mut socket, now, &settings).expect("writes");
+        if let Some(how) = conn.handle_timeout(now, &settings) {
+            closed = Some((step * 5, how));
+            break;
+        }
+    }
+    assert!(
+        closed.is_some(),
+        "10 minutes later still open, holding {} bytes (soft limit {} for {:?})",
+        conn.held_bytes(),
+        settings.max_output_soft,
+        settings.max_output_soft_for
+    );
+}
+
 mod tls {
     //! The same machine over TLS, against an in-memory rustls client.
 
@@ -613,6 +647,46 @@ mod tls {
         assert_eq!(&plaintext[..2], &[0x88, 2 + 20]);
         assert!(n > 2);
         assert_eq!(client.reader().read(&mut plaintext).ok(), Some(0), "close_notify: a clean end");
+    }
+
+    /// Over TLS each segment is its own record: a socket that blocks on the list header's
+    /// record must not leave the list cut by a takeover (the 4001 close frame would be
+    /// read as its payload).
+    #[test]
+    fn a_takeover_over_tls_while_a_list_header_is_in_flight_keeps_framing() {
+        let settings = settings();
+        let (server, client_config) = configs();
+        let t0 = Instant::now();
+        let mut conn = Connection::new(t0, Wire::tls(server).unwrap(), &settings, FIRST_PING);
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(client_config, name).unwrap();
+        for _ in 0..4 {
+            exchange(&mut client, &mut conn, t0, &settings);
+        }
+        client.writer().write_all(UPGRADE).unwrap();
+        exchange(&mut client, &mut conn, t0, &settings);
+        let mut plaintext = vec![0u8; 4096];
+        let n = client.reader().read(&mut plaintext).unwrap();
+        assert!(plaintext[..n].starts_with(b"HTTP/1.1 101 "));
+        let list: Rc<[u8]> = Rc::from(&b"{\"cmd\":\"clu\",\"list\":[]}"[..]);
+        assert_eq!(conn.queue_list(&list, false, t0, &settings), ListQueued::Yes);
+        // The dying old connection's socket takes one byte, then blocks.
+        let mut blocked = Socket { budget: 1, ..Socket::default() };
+        assert_eq!(conn.write_to(&mut blocked, t0, &settings).unwrap().0, Flush::Pending);
+        // A newer connection resumes the client: 4001.
+        let _ = conn.close(Close::Frame(CloseReason::TakenOver), t0, &settings);
+        let mut rest = Socket::open();
+        conn.write_to(&mut rest, t0, &settings).unwrap();
+        let mut records = blocked.taken;
+        records.extend_from_slice(&rest.taken);
+        client.read_tls(&mut records.as_slice()).unwrap();
+        client.process_new_packets().unwrap();
+        let n = client.reader().read(&mut plaintext).unwrap();
+        let got = &plaintext[..n];
+        assert!(
+            got.starts_with(&[0x81, list.len() as u8]) && got[2..].starts_with(&list),
+            "the list frame is cut: {got:?}"
+        );
     }
 
     #[test]
