@@ -90,7 +90,7 @@ nothing lost. The server's --resume-grace must outlast the run.
     --held K             Candidates held for each away client. [default: 4]
     --payload BYTES      Size of each candidate payload. [default: 200]
     --setup-concurrency N
-                         Pairs being connected, registered and paired at once. [default: 100]
+                         Pairs being connected, registered and paired at once. [default: 50]
     --cut-during-setup   Reset each A as soon as its session is open: the load tester then
                          holds P + 2N sockets instead of 2P (10 000 away clients fit in
                          20 000 open files), and there is no all-registered RSS reading.

@@ -70,7 +70,9 @@ impl Default for ResumeOptions {
             pairs: 1000,
             held: 4,
             payload_bytes: 200,
-            setup_concurrency: 100,
+            // 100 connections in flight: below the server's listen backlog (128 on Linux,
+            // mio's and std's), so setup does not wait out 1 s SYN retries.
+            setup_concurrency: 50,
             cut_during_setup: false,
             concurrency: 1,
             settle: Duration::from_secs(1),
@@ -166,6 +168,9 @@ pub struct ResumeReport {
     /// Server CPU over the resume phase per completed resume (the live candidates and the
     /// reset after it included), with --server-pid.
     pub server_cpu_us_per_resume: Option<f64>,
+    /// Connections the kernel dropped during the resume phase because a listen queue was
+    /// full (system-wide `ListenOverflows`; each costs its client a 1 s SYN retry).
+    pub listen_overflows: Option<u64>,
     pub generator_cpu_seconds: Option<f64>,
     pub server: ServerCounters,
     /// Every client resumed, every held message arrived in order, nothing else came, and
@@ -326,6 +331,7 @@ pub fn run(target: &Target, options: &ResumeOptions) -> io::Result<ResumeReport>
 
     // 4. Every A resumes, `concurrency` at a time.
     let server_cpu = target.server_pid.map(CpuMeter::start);
+    let overflows_before = procfs::listen_overflows();
     let resume_began = Instant::now();
     let mut next = 0;
     let mut checked = Instant::now();
@@ -358,6 +364,7 @@ pub fn run(target: &Target, options: &ResumeOptions) -> io::Result<ResumeReport>
     }
     let resume_seconds = resume_began.elapsed().as_secs_f64().max(1e-9);
     let server_cpu = server_cpu.as_ref().and_then(CpuMeter::elapsed);
+    let listen_overflows = procfs::listen_overflows().zip(overflows_before).map(|(end, start)| end - start);
 
     // 5. The server's account.
     let end_metrics = fetch_metrics(target)?;
@@ -422,6 +429,7 @@ pub fn run(target: &Target, options: &ResumeOptions) -> io::Result<ResumeReport>
         server_cpu_us_per_resume: server_cpu
             .filter(|_| run.resumed > 0)
             .map(|cpu| cpu.as_secs_f64() * 1e6 / run.resumed as f64),
+        listen_overflows,
         generator_cpu_seconds: generator.elapsed().map(|d| d.as_secs_f64()),
         server,
         ok,
@@ -934,6 +942,13 @@ pub fn print(report: &ResumeReport) {
         ("resume -> first", report::latency_row(&report.resume_to_first)),
         ("resume -> last", report::latency_row(&report.resume_to_last)),
         ("server CPU / resume", report::opt(report.server_cpu_us_per_resume, " µs")),
+        (
+            "listen overflows",
+            report.listen_overflows.map_or_else(
+                || "n/a".to_owned(),
+                |n| format!("{n} SYNs dropped at a full listen queue while resuming (system-wide)"),
+            ),
+        ),
         ("generator CPU", format!("{:.2} s", report.generator_cpu_seconds.unwrap_or(0.0))),
         (
             "server counters",
@@ -948,4 +963,21 @@ pub fn print(report: &ResumeReport) {
         rows.push(("first error", error.clone()));
     }
     report::table("resume", &rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_needed_depend_on_when_the_cut_comes_and_how_many_resume_at_once() {
+        let options = ResumeOptions { pairs: 10_000, ..ResumeOptions::default() };
+        assert_eq!(options.connections(), 20_000, "every pair connected before the cut");
+        let early = ResumeOptions { cut_during_setup: true, ..options.clone() };
+        assert_eq!(early.connections(), 10_100, "peers + the pairs being set up");
+        let all = ResumeOptions { concurrency: 0, ..early.clone() };
+        assert_eq!((all.in_flight(), all.connections()), (10_000, 20_000));
+        let some = ResumeOptions { concurrency: 300, ..early };
+        assert_eq!((some.in_flight(), some.connections()), (300, 10_300));
+    }
 }
