@@ -12,7 +12,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -49,6 +49,9 @@ struct Client {
     written: usize,
     interest: Interest,
     flush_queued: bool,
+    /// Set by [`Fleet::watch_write`]: the next write's time goes to `written_at`.
+    watch_write: bool,
+    written_at: Option<Instant>,
 }
 
 pub struct Fleet {
@@ -117,6 +120,8 @@ impl Fleet {
             written: 0,
             interest: Interest::READABLE | Interest::WRITABLE,
             flush_queued: false,
+            watch_write: false,
+            written_at: None,
         };
         let key = self.clients.vacant_key();
         self.poll.registry().register(&mut client.stream, Token(key), client.interest)?;
@@ -198,8 +203,59 @@ impl Fleet {
         }
     }
 
+    /// Notes the time of the next write to this client's socket (of what is queued now, at
+    /// the latest), for [`Fleet::written_at`]: when a message really left.
+    pub fn watch_write(&mut self, key: usize) {
+        if let Some(client) = self.clients.get_mut(key) {
+            client.watch_write = true;
+            client.written_at = None;
+        }
+    }
+
+    /// The time of the first write since [`Fleet::watch_write`], once it happened.
+    pub fn written_at(&self, key: usize) -> Option<Instant> {
+        self.clients.get(key).and_then(|client| client.written_at)
+    }
+
+    /// Loses a client's connection the way a network does: SO_LINGER 0, then close, so the
+    /// kernel sends a TCP reset (no close frame, no FIN; over TLS no close_notify either).
+    /// The socket is closed at once: its file descriptor is free for the next connection.
+    /// Output not yet written is dropped with it.
+    pub fn reset(&mut self, key: usize) {
+        if self.clients.contains(key) {
+            let mut client = self.clients.remove(key);
+            let _ = socket2::SockRef::from(&client.stream).set_linger(Some(Duration::ZERO));
+            let _ = self.poll.registry().deregister(&mut client.stream);
+        }
+    }
+
+    /// Clients (sockets) open, handshakes included.
+    pub fn open(&self) -> usize {
+        self.clients.len()
+    }
+
     /// One turn: wait up to `timeout`, read everything ready, write everything queued.
     pub fn turn(&mut self, timeout: Duration, events: &mut Vec<(usize, ClientEvent)>) -> io::Result<()> {
+        self.turn_stamped(timeout, events, None)
+    }
+
+    /// [`Fleet::turn`], and `stamps[i]` the time `events[i]` was read off its socket (a turn
+    /// that reads thousands of sockets would otherwise give them all the turn's end).
+    pub fn turn_timed(
+        &mut self,
+        timeout: Duration,
+        events: &mut Vec<(usize, ClientEvent)>,
+        stamps: &mut Vec<Instant>,
+    ) -> io::Result<()> {
+        self.turn_stamped(timeout, events, Some(stamps))
+    }
+
+    fn turn_stamped(
+        &mut self,
+        timeout: Duration,
+        events: &mut Vec<(usize, ClientEvent)>,
+        mut stamps: Option<&mut Vec<Instant>>,
+    ) -> io::Result<()> {
         self.flush_all();
         match self.poll.poll(&mut self.events, Some(timeout)) {
             Ok(()) => {}
@@ -217,6 +273,9 @@ impl Fleet {
             }
             if readable {
                 self.read(key, events);
+                if let Some(stamps) = stamps.as_deref_mut() {
+                    stamps.resize(events.len(), Instant::now());
+                }
             }
         }
         self.flush_all();
@@ -254,6 +313,7 @@ impl Fleet {
             let Some(client) = self.clients.get_mut(key) else { continue };
             client.flush_queued = false;
             let mut pending = false;
+            let unwritten = client.out.len() - client.written;
             if let Some(tls) = client.tls.as_deref_mut() {
                 pending = flush_tls(tls, &mut client.stream, &mut client.out, client.written);
                 client.written = 0;
@@ -272,6 +332,12 @@ impl Fleet {
                     }
                     Err(_) => break,
                 }
+            }
+            let wrote =
+                unwritten > 0 && (client.tls.is_some() || client.out.len() - client.written < unwritten);
+            if client.watch_write && wrote {
+                client.watch_write = false;
+                client.written_at = Some(Instant::now());
             }
             if client.written == client.out.len() {
                 client.out.clear();

@@ -3,9 +3,10 @@
 //!
 //! Modes: [`relay`] (throughput, latency, fairness, CPU per message), [`idle`] (connect
 //! rate, memory per idle client), [`churn`] (client-list convergence under a storm of
-//! joins and leaves) and [`soak`] (random churn, garbage and abrupt leaves for a fixed
-//! time, then: is the server back to idle, did its memory grow?). Every loop is bounded
-//! in count and time. Each runs over `ws://` or, with a `wss://` URL, over TLS ([`tls`];
+//! joins and leaves), [`soak`] (random churn, garbage and abrupt leaves for a fixed time,
+//! then: is the server back to idle, did its memory grow?) and [`resume`] (memory of
+//! clients away after a TCP reset with messages held for them, and how fast they resume).
+//! Every loop is bounded in count and time. Each runs over `ws://` or, with a `wss://` URL, over TLS ([`tls`];
 //! the server's certificate is not verified: this is a loopback benchmarking tool).
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -17,6 +18,7 @@ mod pairs;
 pub mod procfs;
 pub mod relay;
 pub mod report;
+pub mod resume;
 pub mod soak;
 pub mod tls;
 mod wire;

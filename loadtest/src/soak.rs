@@ -1129,7 +1129,7 @@ pub fn fetch_metrics(target: &Target) -> io::Result<String> {
 }
 
 /// The value of an unlabelled metric, or of one with exactly these labels.
-fn metric(text: &str, name: &str) -> Option<u64> {
+pub(crate) fn metric(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (key, value) = line.rsplit_once(' ')?;
         (key == name).then(|| value.parse::<f64>().ok().map(|v| v as u64)).flatten()

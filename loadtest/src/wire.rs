@@ -12,6 +12,11 @@ pub struct ServerMessage {
     pub session_id: Option<String>,
     pub state: Option<u8>,
     pub code: Option<u16>,
+    #[serde(rename = "opponentId")]
+    pub opponent_id: Option<String>,
+    /// The secret of a registration or resume reply (resume mode).
+    #[serde(rename = "resumeToken")]
+    pub resume_token: Option<String>,
 }
 
 pub fn parse(text: &str) -> Option<ServerMessage> {

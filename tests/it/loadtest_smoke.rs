@@ -9,6 +9,7 @@ use loadtest::Target;
 use loadtest::churn::{self, ChurnOptions};
 use loadtest::idle::{self, IdleOptions};
 use loadtest::relay::{self, RelayOptions};
+use loadtest::resume::{self, ResumeOptions, ResumeReport};
 use loadtest::soak::{self, SoakOptions};
 
 use crate::harness::Server;
@@ -262,4 +263,91 @@ fn soak_over_wss_leaves_the_server_idle() {
     for code in ["1002", "1007", "1009"] {
         assert!(report.server_closes_by_code.contains_key(code), "no close {code}: {report:#?}");
     }
+}
+
+fn short_resume() -> ResumeOptions {
+    ResumeOptions { pairs: 20, held: 3, settle: Duration::from_millis(100), ..ResumeOptions::default() }
+}
+
+/// Everything a clean resume run must show: every A resumed and got exactly its held
+/// candidates in order, then a live one each way; no peer heard `leave`; the server's own
+/// counters agree; one latency sample per resume.
+fn assert_all_resumed(report: &ResumeReport, pairs: u64, held: u64) {
+    assert!(report.ok, "{report:#?}");
+    assert_eq!((report.resumed, report.refused, report.failed), (pairs, 0, 0), "{report:#?}");
+    assert_eq!((report.replayed, report.lost, report.out_of_order), (pairs * held, 0, 0), "{report:#?}");
+    assert_eq!((report.unexpected, report.peer_leaves), (0, 0), "{report:#?}");
+    assert_eq!(report.held_messages, pairs * held, "{report:#?}");
+    let server = &report.server;
+    assert!(server.away_while_held >= pairs, "the server counted them away: {report:#?}");
+    assert_eq!((server.resumes, server.resumes_refused), (pairs, 0), "{report:#?}");
+    assert_eq!((server.graces_expired, server.held_over_limit), (0, 0), "{report:#?}");
+    assert_eq!(server.registered_end, 2 * pairs, "nobody became gone: {report:#?}");
+    for latency in [&report.connect_to_first, &report.resume_to_first, &report.resume_to_last] {
+        assert_eq!(latency.samples, pairs, "{report:#?}");
+        assert!(latency.p50_ms > 0.0 && latency.max_ms < 10_000.0, "{report:#?}");
+    }
+    assert!(report.connect_to_first.max_ms >= report.resume_to_first.p50_ms, "{report:#?}");
+    assert!(report.server_rss_away_kib.is_some_and(|kib| kib > 0), "{report:#?}");
+    assert!(report.rss_per_pair_with_away_client_bytes.is_some(), "{report:#?}");
+}
+
+#[test]
+fn resume_one_at_a_time_replays_every_held_message_in_order() {
+    let server = server();
+    let report = resume::run(&target(&server), &short_resume()).expect("resume runs");
+    assert_all_resumed(&report, 20, 3);
+    assert_eq!(report.concurrency, 1);
+    assert!(!report.cut_during_setup && report.server_rss_registered_kib.is_some(), "{report:#?}");
+    assert!(report.rss_per_registered_client_bytes.is_some(), "{report:#?}");
+}
+
+/// Every A cut as soon as its session opened, then all of them resuming at once.
+#[test]
+fn resume_all_at_once_after_cuts_during_setup() {
+    let server = server();
+    let options =
+        ResumeOptions { pairs: 30, held: 2, concurrency: 0, cut_during_setup: true, ..short_resume() };
+    let report = resume::run(&target(&server), &options).expect("resume runs");
+    assert_all_resumed(&report, 30, 2);
+    assert_eq!(report.concurrency, 30);
+    assert!(report.server_rss_registered_kib.is_none(), "no all-connected reading: {report:#?}");
+}
+
+/// The report is not vacuous: with a grace shorter than the settle time every away client
+/// is gone before it resumes, its peer hears `leave`, and every resume is refused.
+#[test]
+fn resume_reports_clients_whose_grace_ran_out() {
+    let server = Server::start_with(&["--rate-limit", "0", "--resume-grace", "0.3"]);
+    let options = ResumeOptions { pairs: 5, settle: Duration::from_millis(1000), ..short_resume() };
+    let report = resume::run(&target(&server), &options).expect("resume runs");
+    assert!(!report.ok, "{report:#?}");
+    assert_eq!((report.resumed, report.refused, report.failed), (0, 5, 5), "{report:#?}");
+    assert_eq!((report.replayed, report.lost), (0, 15), "{report:#?}");
+    assert_eq!(report.peer_leaves, 5, "{report:#?}");
+    assert_eq!((report.server.graces_expired, report.server.resumes_refused), (5, 5), "{report:#?}");
+    assert_eq!(report.connect_to_first.samples, 0, "{report:#?}");
+}
+
+/// Held messages past --max-output make an away client gone at once: the relay that finds
+/// it gone is answered with 9401, and nothing is resumed.
+#[test]
+fn resume_reports_clients_that_held_too_much() {
+    let server = Server::start_with(&["--rate-limit", "0", "--max-message", "1024", "--max-output", "2048"]);
+    let options = ResumeOptions { pairs: 4, held: 10, ..short_resume() };
+    let report = resume::run(&target(&server), &options).expect("resume runs");
+    assert!(!report.ok, "{report:#?}");
+    assert_eq!((report.resumed, report.failed), (0, 4), "{report:#?}");
+    assert_eq!(report.peer_leaves, 4, "{report:#?}");
+    assert_eq!(report.server.held_over_limit, 4, "{report:#?}");
+}
+
+#[test]
+fn resume_over_wss_replays_every_held_message() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, &["--rate-limit", "0"]);
+    let options = ResumeOptions { pairs: 10, ..short_resume() };
+    let report = resume::run(&wss_target(&server), &options).expect("resume runs over TLS");
+    assert!(report.transport.tls, "{report:#?}");
+    assert_all_resumed(&report, 10, 3);
 }
