@@ -55,6 +55,24 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The loop's one socket read buffer.
 const INBOX_SIZE: usize = 64 << 10;
 
+/// Connections the kernel may hold completed for us before we accept them. std and mio
+/// listen with 128, which a storm of reconnects (every client of a restarted proxy, a
+/// network coming back) overflows: the kernel drops the SYN and the client retries a
+/// second later. The kernel caps it at `net.core.somaxconn` (4096 on current kernels).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking listener on `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR` (as mio's
+/// own `bind` sets it, so a restart does not wait for TIME_WAIT).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
 /// Asks a running server to do something, from any thread (signal handlers in `main`,
 /// tests). Cheap to clone.
 #[derive(Clone)]
@@ -146,7 +164,7 @@ impl Server {
             None => None,
         };
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
+        let mut listener = listen(config.listen)?;
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);

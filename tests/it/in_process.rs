@@ -32,3 +32,21 @@ fn an_in_process_server_serves_and_stops_through_its_handle() {
     assert!(thread.join().expect("no panic").is_ok(), "run returns Ok after a shutdown");
     assert!(TcpStream::connect(addr).is_err(), "the listener is gone");
 }
+
+#[test]
+fn a_burst_of_connections_waits_in_the_accept_queue_instead_of_being_dropped() {
+    // Bound, not running: nothing is accepted, so every connection must wait in the
+    // kernel's accept queue. With std's backlog of 128 the rest would have their SYNs
+    // dropped and could not connect within the timeout.
+    let config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+    let server = Server::bind(config).expect("binds");
+    let addr = server.local_addr();
+    let connected: Vec<TcpStream> = (0..300)
+        .map(|i| {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(800))
+                .unwrap_or_else(|e| panic!("connection {i} was not queued: {e}"))
+        })
+        .collect();
+    assert_eq!(connected.len(), 300);
+    drop(server);
+}
