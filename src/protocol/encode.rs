@@ -13,18 +13,20 @@ pub fn registered(out: &mut Vec<u8>, sid: &EscapedJson) {
 }
 
 /// `{"cmd":"sId","sId":…,"resumeToken":…}`, the reply to a registration that opted in to
-/// resume. The token is URL-safe base64: nothing in it needs escaping.
+/// resume.
 pub fn registered_resumable(out: &mut Vec<u8>, sid: &EscapedJson, token: &str) {
-    out.extend_from_slice(br#"{"cmd":"sId","sId":"#);
-    out.extend_from_slice(sid.as_str().as_bytes());
-    out.extend_from_slice(br#","resumeToken":""#);
-    out.extend_from_slice(token.as_bytes());
-    out.extend_from_slice(br#""}"#);
+    with_token(out, br#"{"cmd":"sId","sId":"#, sid, token);
 }
 
 /// `{"cmd":"resume","sId":…,"resumeToken":…}`, the reply to a resume that succeeded.
 pub fn resumed(out: &mut Vec<u8>, sid: &EscapedJson, token: &str) {
-    out.extend_from_slice(br#"{"cmd":"resume","sId":"#);
+    with_token(out, br#"{"cmd":"resume","sId":"#, sid, token);
+}
+
+/// A reply naming an sId and carrying a resume token. The token is URL-safe base64:
+/// nothing in it needs escaping.
+fn with_token(out: &mut Vec<u8>, head: &[u8], sid: &EscapedJson, token: &str) {
+    out.extend_from_slice(head);
     out.extend_from_slice(sid.as_str().as_bytes());
     out.extend_from_slice(br#","resumeToken":""#);
     out.extend_from_slice(token.as_bytes());

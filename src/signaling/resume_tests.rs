@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use simd_json::OwnedValue;
 use simd_json::prelude::*;
 
+use super::tests::{counting_random, json};
 use super::*;
 use crate::protocol::ErrorCode;
 
@@ -14,19 +14,6 @@ const CAP: usize = 4096;
 
 fn conn(index: u32) -> ConnId {
     ConnId::new(index, 7)
-}
-
-fn json(text: &str) -> OwnedValue {
-    simd_json::to_owned_value(&mut text.as_bytes().to_vec())
-        .unwrap_or_else(|e| panic!("invalid JSON ({e}): {text}"))
-}
-
-fn counting_random() -> Box<dyn FnMut() -> u64> {
-    let mut n = 0u64;
-    Box::new(move || {
-        n += 1;
-        n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    })
 }
 
 struct Net {

@@ -28,13 +28,13 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn json(text: &str) -> OwnedValue {
+pub(super) fn json(text: &str) -> OwnedValue {
     simd_json::to_owned_value(&mut text.as_bytes().to_vec())
         .unwrap_or_else(|e| panic!("the server sent invalid JSON ({e}): {text}"))
 }
 
 /// Distinct, random-looking session keys.
-fn counting_random() -> Box<dyn FnMut() -> u64> {
+pub(super) fn counting_random() -> Box<dyn FnMut() -> u64> {
     let mut n = 0u64;
     Box::new(move || {
         n += 1;

@@ -649,25 +649,33 @@ mod tls {
         assert_eq!(client.reader().read(&mut plaintext).ok(), Some(0), "close_notify: a clean end");
     }
 
+    /// A TLS connection through its handshake and the WebSocket upgrade (the 101 read).
+    fn upgraded_over_tls(t0: Instant, settings: &Settings) -> (Connection, ClientConnection) {
+        let (server, client_config) = configs();
+        let mut conn = Connection::new(t0, Wire::tls(server).unwrap(), settings, FIRST_PING);
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(client_config, name).unwrap();
+        for _ in 0..4 {
+            exchange(&mut client, &mut conn, t0, settings);
+        }
+        client.writer().write_all(UPGRADE).unwrap();
+        let events = exchange(&mut client, &mut conn, t0, settings);
+        assert_eq!(events, [Event::Opened { allowed_sid: None }]);
+        let mut plaintext = vec![0u8; 4096];
+        let n = client.reader().read(&mut plaintext).unwrap();
+        assert!(plaintext[..n].starts_with(b"HTTP/1.1 101 "));
+        (conn, client)
+    }
+
     /// Over TLS each segment is its own record: a socket that blocks on the list header's
     /// record must not leave the list cut by a takeover (the 4001 close frame would be
     /// read as its payload).
     #[test]
     fn a_takeover_over_tls_while_a_list_header_is_in_flight_keeps_framing() {
         let settings = settings();
-        let (server, client_config) = configs();
         let t0 = Instant::now();
-        let mut conn = Connection::new(t0, Wire::tls(server).unwrap(), &settings, FIRST_PING);
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut client = ClientConnection::new(client_config, name).unwrap();
-        for _ in 0..4 {
-            exchange(&mut client, &mut conn, t0, &settings);
-        }
-        client.writer().write_all(UPGRADE).unwrap();
-        exchange(&mut client, &mut conn, t0, &settings);
+        let (mut conn, mut client) = upgraded_over_tls(t0, &settings);
         let mut plaintext = vec![0u8; 4096];
-        let n = client.reader().read(&mut plaintext).unwrap();
-        assert!(plaintext[..n].starts_with(b"HTTP/1.1 101 "));
         let list: Rc<[u8]> = Rc::from(&b"{\"cmd\":\"clu\",\"list\":[]}"[..]);
         assert_eq!(conn.queue_list(&list, false, t0, &settings), ListQueued::Yes);
         // The dying old connection's socket takes one byte, then blocks.
@@ -692,17 +700,8 @@ mod tls {
     #[test]
     fn a_tls_violation_on_an_open_connection_is_a_broken_rule_not_a_loss() {
         let settings = settings();
-        let (server, client_config) = configs();
         let t0 = Instant::now();
-        let mut conn = Connection::new(t0, Wire::tls(server).unwrap(), &settings, FIRST_PING);
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut client = ClientConnection::new(client_config, name).unwrap();
-        for _ in 0..4 {
-            exchange(&mut client, &mut conn, t0, &settings);
-        }
-        client.writer().write_all(UPGRADE).unwrap();
-        let events = exchange(&mut client, &mut conn, t0, &settings);
-        assert_eq!(events, [Event::Opened { allowed_sid: None }]);
+        let (mut conn, _client) = upgraded_over_tls(t0, &settings);
         // An application-data record that does not decrypt.
         let mut bogus = vec![0x17, 0x03, 0x03, 0x00, 0x40];
         bogus.extend_from_slice(&[0xAB; 0x40]);
