@@ -387,14 +387,10 @@ fn read_client(
             let result = io.read(&mut chunk);
             drained = io.drained;
             match result {
-                Ok(0) => {
-                    client.state = State::Closed;
-                    events.push((key, ClientEvent::Closed(None)));
-                    return false;
-                }
-                Ok(n) => response.extend_from_slice(&chunk[..n]),
+                Ok(n) if n > 0 => response.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
+                // End of file or an error before the 101.
+                _ => {
                     client.state = State::Closed;
                     events.push((key, ClientEvent::Closed(None)));
                     return false;

@@ -168,7 +168,7 @@ impl Signaling {
         let in_state = |state| self.sessions.iter().filter(|(_, session)| session.state == state).count();
         CoreStats {
             registered: self.registry.len(),
-            away: self.registry.clients().filter(|client| client.conn().is_none()).count(),
+            away: self.away.len(),
             sessions: self.sessions.len(),
             sessions_new: in_state(SessionState::New),
             sessions_pending: in_state(SessionState::Pending),

@@ -74,13 +74,7 @@ impl Output {
     /// Unsent replay bytes (see [`Segment::Replay`]): part of [`held`](Self::held), but
     /// exempt from the soft limit.
     pub fn unsent_replay(&self) -> usize {
-        let mut total = 0;
-        for (index, segment) in self.segments.iter().enumerate() {
-            if let Segment::Replay(bytes) = segment {
-                total += bytes.len() - if index == 0 { self.front_written } else { 0 };
-            }
-        }
-        total
+        self.unsent_in(|segment| matches!(segment, Segment::Replay(_)))
     }
 
     /// Drops the segments not yet started, keeping whatever cutting would break the
@@ -100,40 +94,51 @@ impl Output {
     /// Unsent bytes, client lists (and their headers) excluded. The hard output limit
     /// applies to this: a list may legitimately be larger than it.
     pub fn unsent_counted(&self) -> usize {
+        self.unsent_in(|segment| matches!(segment, Segment::Owned(_)))
+    }
+
+    /// Unsent bytes of the segments `pick` chooses (lists are never among them).
+    fn unsent_in(&self, pick: fn(&Segment) -> bool) -> usize {
         let mut total = 0;
         for (index, segment) in self.segments.iter().enumerate() {
-            if let Segment::Owned(bytes) = segment {
-                total += bytes.len() - if index == 0 { self.front_written } else { 0 };
+            if pick(segment) {
+                total += segment.bytes().len() - if index == 0 { self.front_written } else { 0 };
             }
         }
         total
     }
 
     fn owned_tail(&mut self) -> &mut Vec<u8> {
-        // Never append to a segment that is being written: a reader that always lags a
-        // little would otherwise keep every byte ever sent in it (only whole segments are
-        // freed).
+        self.tail(false)
+    }
+
+    /// The buffer to append our own frames to: the last segment if it is of that kind
+    /// (`replay` or not) and not being written, else a new one. Never a segment being
+    /// written: a reader that always lags a little would otherwise keep every byte ever
+    /// sent in it (only whole segments are freed).
+    fn tail(&mut self, replay: bool) -> &mut Vec<u8> {
         let front_in_progress = self.segments.len() == 1 && self.front_written > 0;
-        if front_in_progress || !matches!(self.segments.back(), Some(Segment::Owned(_))) {
-            self.segments.push_back(Segment::Owned(Vec::new()));
+        let same_kind = match self.segments.back() {
+            Some(Segment::Owned(_)) => !replay,
+            Some(Segment::Replay(_)) => replay,
+            _ => false,
+        };
+        if front_in_progress || !same_kind {
+            let fresh = if replay { Segment::Replay(Vec::new()) } else { Segment::Owned(Vec::new()) };
+            self.segments.push_back(fresh);
         }
         match self.segments.back_mut() {
-            Some(Segment::Owned(bytes)) => bytes,
+            Some(Segment::Owned(bytes) | Segment::Replay(bytes)) => bytes,
             // Just ensured above.
-            _ => unreachable!("the last segment is owned"),
+            _ => unreachable!("the last segment is our own"),
         }
     }
 
     /// Appends one text frame of the replay after a resume (not counted by the limits).
     pub fn push_replay(&mut self, payload: &[u8]) {
-        let front_in_progress = self.segments.len() == 1 && self.front_written > 0;
-        if front_in_progress || !matches!(self.segments.back(), Some(Segment::Replay(_))) {
-            self.segments.push_back(Segment::Replay(Vec::new()));
-        }
-        if let Some(Segment::Replay(tail)) = self.segments.back_mut() {
-            push_text_header(tail, payload.len());
-            tail.extend_from_slice(payload);
-        }
+        let tail = self.tail(true);
+        push_text_header(tail, payload.len());
+        tail.extend_from_slice(payload);
     }
 
     /// Appends one unmasked, unfragmented text frame.
