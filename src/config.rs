@@ -40,6 +40,8 @@ pub struct Config {
     /// How long a resumable client whose connection was lost stays registered, waiting
     /// for a resume; zero turns resume off.
     pub resume_grace: Duration,
+    /// Registered clients one room may hold (away ones included); 0: no bound.
+    pub max_room_clients: usize,
 }
 
 /// The certificate chain (leaf first) and private key of `--tls-cert` and `--tls-key`.
@@ -72,6 +74,7 @@ impl Default for Config {
             echo_max_message: 16 << 20,
             tls: None,
             resume_grace: Duration::from_secs(15),
+            max_room_clients: 0,
         }
     }
 }
@@ -87,6 +90,8 @@ pub enum Action {
         secret: String,
         sid: String,
         ttl: Duration,
+        /// The one room the token is valid in; `None`: every room.
+        room: Option<String>,
     },
 }
 
@@ -164,13 +169,19 @@ OPTIONS:
                                gone), until it resumes on a new connection. After it, its
                                peer gets `leave`. At most --max-connections clients are
                                away at once. 0 turns resume off. [default: 15]
+    --max-room-clients N       Registered clients one room may hold, the default room
+                               included and away clients counted; a registration past it
+                               gets error 9105. Rooms are chosen with ?room=NAME on the
+                               upgrade URL (1-64 bytes of A-Z a-z 0-9 . _ ~ -, otherwise
+                               HTTP 400). 0: no bound. [default: 0]
     -h, --help                 Print this help.
     -V, --version              Print the version.
 
 SUBCOMMANDS:
-    signaling-server token --secret SECRET --sid SID [--ttl SECONDS]
+    signaling-server token --secret SECRET --sid SID [--ttl SECONDS] [--room ROOM]
                                Print a token for --auth-secret that lets its holder register
-                               SID for the next SECONDS. [default ttl: 3600]
+                               SID for the next SECONDS; with --room, only on an upgrade into
+                               ROOM (HTTP 401 elsewhere). [default ttl: 3600, any room]
 
 ENVIRONMENT:
     RUST_LOG                   Log filter for standard error, e.g. info, debug,
@@ -244,6 +255,7 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
                 }
                 config.resume_grace = Duration::from_secs_f64(secs);
             }
+            Long("max-room-clients") => config.max_room_clients = value(&mut parser, "--max-room-clients")?,
             Long("echo-max-message") => {
                 config.echo_max_message = positive(&mut parser, "--echo-max-message")?
             }
@@ -271,12 +283,19 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
 
 fn parse_token_args(parser: &mut lexopt::Parser) -> Result<Action, String> {
     use lexopt::prelude::*;
-    let (mut secret, mut sid, mut ttl) = (None, None, Duration::from_secs(3600));
+    let (mut secret, mut sid, mut ttl, mut room) = (None, None, Duration::from_secs(3600), None);
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
             Long("secret") => secret = Some(value::<String>(parser, "--secret")?),
             Long("sid") => sid = Some(value::<String>(parser, "--sid")?),
             Long("ttl") => ttl = seconds(parser, "--ttl")?,
+            Long("room") => {
+                let name: String = value(parser, "--room")?;
+                if !crate::transport::is_room_name(&name) {
+                    return Err("token: --room must be 1-64 bytes of A-Z a-z 0-9 . _ ~ -".into());
+                }
+                room = Some(name);
+            }
             other => return Err(other.unexpected().to_string()),
         }
     }
@@ -285,7 +304,7 @@ fn parse_token_args(parser: &mut lexopt::Parser) -> Result<Action, String> {
     if sid.trim() != sid || sid.is_empty() || sid.len() > crate::protocol::MAX_ID_BYTES {
         return Err("token: --sid must be 1-64 bytes without surrounding white space".into());
     }
-    Ok(Action::Token { secret, sid, ttl })
+    Ok(Action::Token { secret, sid, ttl, room })
 }
 
 fn value<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, String>

@@ -14,9 +14,10 @@ fn main() -> ExitCode {
             print!("{}", config::HELP);
             return ExitCode::SUCCESS;
         }
-        Ok(Action::Token { secret, sid, ttl }) => {
+        Ok(Action::Token { secret, sid, ttl, room }) => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            println!("{}", signaling_server::auth::mint(secret.as_bytes(), &sid, (now + ttl).as_secs()));
+            let expires = (now + ttl).as_secs();
+            println!("{}", signaling_server::auth::mint(secret.as_bytes(), &sid, room.as_deref(), expires));
             return ExitCode::SUCCESS;
         }
         Ok(Action::Version) => {

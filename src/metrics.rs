@@ -117,6 +117,30 @@ impl Metrics {
             None,
             [("", core.away as u64)],
         );
+        family(
+            &mut out,
+            "signaling_rooms_open",
+            "gauge",
+            "Rooms with at least one registered client, the default room included.",
+            None,
+            [("", core.rooms as u64)],
+        );
+        family(
+            &mut out,
+            "signaling_room_clients_max",
+            "gauge",
+            "Registered clients of the largest room (room names are not labels: clients choose them).",
+            None,
+            [("", core.largest_room as u64)],
+        );
+        family(
+            &mut out,
+            "signaling_client_list_changes_kept",
+            "gauge",
+            "Client-list changes kept for delta clients that are behind, over all rooms.",
+            None,
+            [("", core.client_list_changes_kept as u64)],
+        );
         let sessions = [
             ("new", core.sessions_new as u64),
             ("pending", core.sessions_pending as u64),
@@ -148,8 +172,21 @@ impl Metrics {
         for (name, help, value) in [
             ("signaling_bytes_received_total", "Bytes read from client sockets.", self.bytes_received),
             ("signaling_bytes_sent_total", "Bytes written to client sockets.", self.bytes_sent),
-            ("signaling_client_lists_sent_total", "clu messages queued to clients.", core.client_lists_sent),
-            ("signaling_client_list_bytes_total", "Bytes of clu messages queued.", core.client_list_bytes),
+            (
+                "signaling_client_lists_sent_total",
+                "Client-list messages (clu snapshots and cld changes) queued to clients.",
+                core.client_lists_sent,
+            ),
+            (
+                "signaling_client_list_bytes_total",
+                "Bytes of clu and cld messages queued.",
+                core.client_list_bytes,
+            ),
+            (
+                "signaling_client_list_changes_sent_total",
+                "cld messages (delta presence) among the client-list messages.",
+                core.client_list_changes_sent,
+            ),
             ("signaling_connections_accepted_total", "TCP connections accepted.", self.connections_accepted),
             (
                 "signaling_resumes_total",

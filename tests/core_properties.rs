@@ -2370,7 +2370,7 @@ impl Run {
             .clients
             .iter()
             .map(|(_, sid)| sid)
-            .filter(|sid| !self.core.is_registered(sid))
+            .filter(|sid| !self.core.is_registered(None, sid))
             .cloned()
             .collect();
         self.obs.step(cause, sent, &live, &departed)
@@ -3135,7 +3135,7 @@ impl Run {
                 }
             }
         }
-        if let Some((_, sid)) = state.clients.iter().find(|(_, sid)| !self.core.is_registered(sid)) {
+        if let Some((_, sid)) = state.clients.iter().find(|(_, sid)| !self.core.is_registered(None, sid)) {
             return Err(format!("{sid:?} is not registered in the core"));
         }
         let errors: u64 = self.core.counters().errors.iter().sum();

@@ -513,7 +513,7 @@ impl Harness {
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_else(|| "alice".into());
-                    self.core.restrict_sid(self.conn(*conn), &sid);
+                    self.core.admit(self.conn(*conn), None, Some(&sid));
                 }
             }
             Op::Refuse { conn } => self.core.refuse(self.conn(*conn), ErrorCode::RateLimited, self.now, &mut self.out),

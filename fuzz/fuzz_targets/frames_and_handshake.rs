@@ -179,10 +179,13 @@ fuzz_target!(|input: &[u8]| {
             let Some(event) = conn.poll_event(&mut fresh, now, &settings, &policy) else { break };
             events += 1;
             match event {
-                Event::Opened { allowed_sid } => {
-                    if let Some(sid) = allowed_sid {
+                Event::Opened { entry } => {
+                    if let Some(sid) = entry.allowed_sid {
                         assert!(policy.auth_secret.is_some(), "an sId without auth");
                         assert!(!sid.is_empty() && sid.len() <= signaling_server::protocol::MAX_ID_BYTES);
+                    }
+                    if let Some(room) = entry.room {
+                        assert!(signaling_server::transport::is_room_name(&room), "room {room:?}");
                     }
                     if policy.echo_path.is_some() {
                         max_message = max_message.max(config.echo_max_message);

@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
     let field = |name: &str| object.as_ref().and_then(|o| o.get(name));
 
     match command {
-        Command::Register { sid, resume: _ } => {
+        Command::Register { sid, .. } => {
             assert_eq!(kind, CommandKind::Register);
             check_id(sid, field("sId"));
             assert!(!sid.chars().any(char::is_control), "control character in sId {sid:?}");

@@ -3,19 +3,22 @@
 //! registered), so composing a relayed message is plain concatenation.
 
 use super::json::json_string;
-use super::{ClientState, EscapedJson, RawJson, Relay, SessionId, SessionState};
+use super::{ClientState, EscapedJson, Presence, RawJson, Relay, SessionId, SessionState};
 
-/// `{"cmd":"sId","sId":…}`, the reply to a registration.
-pub fn registered(out: &mut Vec<u8>, sid: &EscapedJson) {
+/// `{"cmd":"sId","sId":…}`, the reply to a registration: with `presence` echoed when the
+/// client sent it, and `resumeToken` when it opted in to resume.
+pub fn registered(out: &mut Vec<u8>, sid: &EscapedJson, presence: Option<Presence>, token: Option<&str>) {
     out.extend_from_slice(br#"{"cmd":"sId","sId":"#);
     out.extend_from_slice(sid.as_str().as_bytes());
-    out.push(b'}');
-}
-
-/// `{"cmd":"sId","sId":…,"resumeToken":…}`, the reply to a registration that opted in to
-/// resume.
-pub fn registered_resumable(out: &mut Vec<u8>, sid: &EscapedJson, token: &str) {
-    with_token(out, br#"{"cmd":"sId","sId":"#, sid, token);
+    if let Some(mode) = presence {
+        out.extend_from_slice(br#","presence":""#);
+        out.extend_from_slice(mode.name().as_bytes());
+        out.push(b'"');
+    }
+    match token {
+        Some(token) => token_tail(out, token),
+        None => out.push(b'}'),
+    }
 }
 
 /// `{"cmd":"resume","sId":…,"resumeToken":…}`, the reply to a resume that succeeded.
@@ -23,11 +26,15 @@ pub fn resumed(out: &mut Vec<u8>, sid: &EscapedJson, token: &str) {
     with_token(out, br#"{"cmd":"resume","sId":"#, sid, token);
 }
 
-/// A reply naming an sId and carrying a resume token. The token is URL-safe base64:
-/// nothing in it needs escaping.
+/// A reply naming an sId and carrying a resume token.
 fn with_token(out: &mut Vec<u8>, head: &[u8], sid: &EscapedJson, token: &str) {
     out.extend_from_slice(head);
     out.extend_from_slice(sid.as_str().as_bytes());
+    token_tail(out, token);
+}
+
+/// `,"resumeToken":"…"}`: the token is URL-safe base64, nothing in it needs escaping.
+fn token_tail(out: &mut Vec<u8>, token: &str) {
     out.extend_from_slice(br#","resumeToken":""#);
     out.extend_from_slice(token.as_bytes());
     out.extend_from_slice(br#""}"#);
@@ -94,20 +101,86 @@ pub fn left(out: &mut Vec<u8>, session: SessionId, gone: &EscapedJson) {
     out.push(b'}');
 }
 
-/// `{"cmd":"clu","list":[{"sId":…,"state":N},…]}` from (sId, state) pairs.
-pub fn client_list<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a EscapedJson, ClientState)>) {
-    out.extend_from_slice(br#"{"cmd":"clu","list":["#);
+/// `{"cmd":"clu","list":[{"sId":…,"state":N},…]}` from (sId, state) pairs; with `rev`
+/// (delta presence) `{"cmd":"clu","rev":R,"list":[…]}`.
+pub fn client_list<'a>(
+    out: &mut Vec<u8>,
+    rev: Option<u64>,
+    entries: impl Iterator<Item = (&'a EscapedJson, ClientState)>,
+) {
+    out.extend_from_slice(br#"{"cmd":"clu","#);
+    if let Some(rev) = rev {
+        out.extend_from_slice(br#""rev":"#);
+        push_number(out, rev);
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""list":["#);
     for (index, (sid, state)) in entries.enumerate() {
         if index > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(br#"{"sId":"#);
-        out.extend_from_slice(sid.as_str().as_bytes());
-        out.extend_from_slice(br#","state":"#);
-        push_small_number(out, state.code());
-        out.push(b'}');
+        list_entry(out, sid, state.code());
     }
     out.extend_from_slice(b"]}");
+}
+
+/// The bytes [`client_list`] writes for `entries` entries whose sIds (as JSON) take
+/// `sid_bytes` in all: so the core can weigh a snapshot without composing it.
+pub fn client_list_len(rev: Option<u64>, entries: usize, sid_bytes: usize) -> usize {
+    let head = br#"{"cmd":"clu","list":[]}"#.len();
+    let rev = rev.map_or(0, |rev| br#""rev":,"#.len() + decimal_len(rev));
+    head + rev + entries * LIST_ENTRY_OVERHEAD + sid_bytes + entries.saturating_sub(1)
+}
+
+/// `{"sId":,"state":N}` around the sId: every state is one digit.
+const LIST_ENTRY_OVERHEAD: usize = br#"{"sId":,"state":1}"#.len();
+
+/// `{"cmd":"cld","from":R1,"rev":R2,"changes":[{"sId":…,"state":N},…]}`; state 0 removes.
+pub fn client_list_changes<'a>(
+    out: &mut Vec<u8>,
+    from: u64,
+    rev: u64,
+    changes: impl Iterator<Item = (&'a EscapedJson, u8)>,
+) {
+    out.extend_from_slice(br#"{"cmd":"cld","from":"#);
+    push_number(out, from);
+    out.extend_from_slice(br#","rev":"#);
+    push_number(out, rev);
+    out.extend_from_slice(br#","changes":["#);
+    for (index, (sid, state)) in changes.enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        list_entry(out, sid, state);
+    }
+    out.extend_from_slice(b"]}");
+}
+
+fn list_entry(out: &mut Vec<u8>, sid: &EscapedJson, state: u8) {
+    out.extend_from_slice(br#"{"sId":"#);
+    out.extend_from_slice(sid.as_str().as_bytes());
+    out.extend_from_slice(br#","state":"#);
+    push_small_number(out, state);
+    out.push(b'}');
+}
+
+fn push_number(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
 }
 
 /// A session id as a JSON string: hex digits never need escaping.
@@ -162,8 +235,11 @@ mod tests {
     fn every_server_message_is_valid_json() {
         let mut out = Vec::new();
         let alice = quoted("alice");
-        registered(&mut out, &alice);
-        assert_eq!(as_json(&out).get_str("sId"), Some("alice"));
+        registered(&mut out, &alice, None, None);
+        assert_eq!(out, br#"{"cmd":"sId","sId":"alice"}"#);
+        out.clear();
+        registered(&mut out, &alice, Some(Presence::Delta), Some("T0k"));
+        assert_eq!(out, br#"{"cmd":"sId","sId":"alice","presence":"delta","resumeToken":"T0k"}"#);
         out.clear();
         let session = SessionId::new(0xff);
         session_opened(&mut out, session);
@@ -178,14 +254,32 @@ mod tests {
         left(&mut out, session, &alice);
         assert_eq!(as_json(&out).get_str("opponentId"), Some("alice"));
         out.clear();
-        client_list(
-            &mut out,
-            [(&alice, ClientState::Wait), (&quoted("b"), ClientState::Calling)].into_iter(),
-        );
+        let b = quoted("b");
+        let entries = [(&alice, ClientState::Wait), (&b, ClientState::Calling)];
+        client_list(&mut out, None, entries.into_iter());
         assert_eq!(out, br#"{"cmd":"clu","list":[{"sId":"alice","state":1},{"sId":"b","state":2}]}"#);
+        assert_eq!(out.len(), client_list_len(None, 2, alice.as_str().len() + b.as_str().len()));
         out.clear();
-        client_list(&mut out, std::iter::empty());
-        assert_eq!(out, br#"{"cmd":"clu","list":[]}"#);
+        client_list(&mut out, Some(1234), entries.into_iter());
+        assert_eq!(
+            out,
+            br#"{"cmd":"clu","rev":1234,"list":[{"sId":"alice","state":1},{"sId":"b","state":2}]}"#
+        );
+        assert_eq!(out.len(), client_list_len(Some(1234), 2, alice.as_str().len() + b.as_str().len()));
+        for rev in [None, Some(0), Some(9), Some(10), Some(u64::MAX)] {
+            out.clear();
+            client_list(&mut out, rev, std::iter::empty());
+            assert_eq!(out.len(), client_list_len(rev, 0, 0), "{rev:?}");
+        }
+        out.clear();
+        client_list_changes(&mut out, 7, 10, [(&alice, 0), (&b, 1)].into_iter());
+        assert_eq!(
+            out,
+            br#"{"cmd":"cld","from":7,"rev":10,"changes":[{"sId":"alice","state":0},{"sId":"b","state":1}]}"#
+        );
+        out.clear();
+        client_list_changes(&mut out, u64::MAX - 1, u64::MAX, std::iter::empty());
+        assert_eq!(as_json(&out).get_u64("rev"), Some(u64::MAX));
     }
 
     #[test]

@@ -16,6 +16,7 @@ indexed_enum! {
         SidTaken = 9102,
         SidNotAllowed = 9103,
         ResumeRefused = 9104,
+        RoomFull = 9105,
         SessionWithSelf = 9200,
         OpponentNotFound = 9201,
         AlreadyInSession = 9202,
@@ -55,6 +56,7 @@ impl ErrorCode {
             }
             // One text for every cause: a client learns nothing about which check failed.
             ErrorCode::ResumeRefused => r#"{"cmd":"error","code":9104,"message":"resume refused"}"#,
+            ErrorCode::RoomFull => r#"{"cmd":"error","code":9105,"message":"the room is full"}"#,
             ErrorCode::SessionWithSelf => {
                 r#"{"cmd":"error","code":9200,"message":"cannot open a session with yourself"}"#
             }

@@ -12,6 +12,6 @@ mod state;
 
 pub use error_code::ErrorCode;
 pub use json::{EscapedJson, RawJson};
-pub use parse::{Command, CommandKind, MAX_ID_BYTES, OptIn, Parser, Relay, Request};
+pub use parse::{Command, CommandKind, MAX_ID_BYTES, OptIn, Parser, PresenceField, Relay, Request};
 pub use session_id::{SessionId, SessionIdText};
-pub use state::{ClientState, SessionState};
+pub use state::{ClientState, Presence, SessionState};

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use simd_json::{Buffers, INPUT_PADDING, Node, StaticNode, Tape};
 
-use super::{ErrorCode, RawJson};
+use super::{ErrorCode, Presence, RawJson};
 use crate::indexed_enum::indexed_enum;
 
 /// Ids (`sId`, `opponentId`, `sessionId`) longer than this after trimming get 9003.
@@ -104,6 +104,8 @@ pub enum Command<'a> {
         sid: &'a str,
         /// The `resume` field; the core decides what it means (resume may be off).
         resume: OptIn,
+        /// The `presence` field, if it was sent (a bad one never gets this far: 9003).
+        presence: Option<Presence>,
     },
     /// Take a registered client over on this connection (PROTOCOL.md, *Resume*).
     Resume {
@@ -140,6 +142,16 @@ pub enum OptIn {
     Invalid,
 }
 
+/// The `presence` field of a registration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PresenceField {
+    #[default]
+    Absent,
+    Given(Presence),
+    /// Present, but not one of the mode names (or not a string).
+    Invalid,
+}
+
 /// A top-level field after normalisation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 enum Scalar<'a> {
@@ -166,6 +178,7 @@ pub struct Request<'a> {
     icecandidate: Option<RawJson<'a>>,
     data: Option<RawJson<'a>>,
     resume: OptIn,
+    presence: PresenceField,
     resume_token: Scalar<'a>,
     received: Scalar<'a>,
 }
@@ -180,7 +193,12 @@ impl Request<'_> {
                 if sid.chars().any(char::is_control) {
                     return Err(ErrorCode::InvalidField);
                 }
-                Ok(Command::Register { sid, resume: self.resume })
+                let presence = match self.presence {
+                    PresenceField::Absent => None,
+                    PresenceField::Given(mode) => Some(mode),
+                    PresenceField::Invalid => return Err(ErrorCode::InvalidField),
+                };
+                Ok(Command::Register { sid, resume: self.resume, presence })
             }
             CommandKind::Resume => Ok(Command::Resume {
                 sid: id(&self.sid)?,
@@ -288,6 +306,7 @@ fn read_request<'a>(
         icecandidate: None,
         data: None,
         resume: OptIn::Absent,
+        presence: PresenceField::Absent,
         resume_token: Scalar::Missing,
         received: Scalar::Missing,
     };
@@ -315,6 +334,16 @@ fn read_request<'a>(
                     OptIn::Yes
                 } else {
                     OptIn::Invalid
+                }
+            }
+            // Only a string names a mode (a number is not normalised into one); it is
+            // trimmed like every top-level string.
+            "presence" => {
+                request.presence = match value {
+                    Node::String(name) => {
+                        Presence::from_name(name.trim()).map_or(PresenceField::Invalid, PresenceField::Given)
+                    }
+                    _ => PresenceField::Invalid,
                 }
             }
             "resumeToken" => request.resume_token = scalar(value),
@@ -398,7 +427,9 @@ mod tests {
             RawJson::from_validated(Box::leak(t.as_bytes().to_vec().into_boxed_slice()))
         };
         match command {
-            Command::Register { sid, resume } => Command::Register { sid: s(sid), resume },
+            Command::Register { sid, resume, presence } => {
+                Command::Register { sid: s(sid), resume, presence }
+            }
             Command::Resume { sid, token, received } => {
                 Command::Resume { sid: s(sid), token: s(token), received }
             }
@@ -468,11 +499,11 @@ mod tests {
     fn top_level_strings_are_trimmed_and_numbers_become_strings() {
         assert_eq!(
             parse(r#"{"cmd":" sId ","sId":"  a\t"}"#),
-            Ok(Command::Register { sid: "a", resume: OptIn::Absent })
+            Ok(Command::Register { sid: "a", resume: OptIn::Absent, presence: None })
         );
         assert_eq!(
             parse(r#"{"cmd":"sId","sId":42}"#),
-            Ok(Command::Register { sid: "42", resume: OptIn::Absent })
+            Ok(Command::Register { sid: "42", resume: OptIn::Absent, presence: None })
         );
         for (number, text) in [
             ("42.0", "42"),
@@ -487,21 +518,25 @@ mod tests {
             ("12345678901234567890", "12345678901234567000"),
         ] {
             let json = format!(r#"{{"cmd":"sId","sId":{number}}}"#);
-            assert_eq!(parse(&json), Ok(Command::Register { sid: text, resume: OptIn::Absent }), "{number}");
+            assert_eq!(
+                parse(&json),
+                Ok(Command::Register { sid: text, resume: OptIn::Absent, presence: None }),
+                "{number}"
+            );
         }
         // Unicode white space is trimmed too (str::trim); escapes are decoded.
         assert_eq!(
             parse("{\"cmd\":\"sId\",\"sId\":\"\u{3000}b\u{a0}\"}"),
-            Ok(Command::Register { sid: "b", resume: OptIn::Absent })
+            Ok(Command::Register { sid: "b", resume: OptIn::Absent, presence: None })
         );
         assert_eq!(
             parse(r#"{"cmd":"sId","sId":"\u0041\n"}"#),
-            Ok(Command::Register { sid: "A", resume: OptIn::Absent })
+            Ok(Command::Register { sid: "A", resume: OptIn::Absent, presence: None })
         );
         // The last duplicate wins.
         assert_eq!(
             parse(r#"{"cmd":"sId","sId":"x","sId":"y"}"#),
-            Ok(Command::Register { sid: "y", resume: OptIn::Absent })
+            Ok(Command::Register { sid: "y", resume: OptIn::Absent, presence: None })
         );
     }
 
@@ -541,7 +576,11 @@ mod tests {
         let json = format!(r#"{{"cmd":"sId","sId":"  {ok}  "}}"#);
         assert_eq!(
             parse(&json),
-            Ok(Command::Register { sid: Box::leak(ok.into_boxed_str()), resume: OptIn::Absent })
+            Ok(Command::Register {
+                sid: Box::leak(ok.into_boxed_str()),
+                resume: OptIn::Absent,
+                presence: None
+            })
         );
         let long = format!(r#"{{"cmd":"sId","sId":"{}"}}"#, "a".repeat(65));
         assert_eq!(parse(&long), Err(ErrorCode::InvalidField));
@@ -607,19 +646,42 @@ mod tests {
             let request = parser.parse(json.as_bytes()).expect("parses");
             assert_eq!(
                 request.command(),
-                Ok(Command::Register { sid: &format!("client-{i}"), resume: OptIn::Absent })
+                Ok(Command::Register { sid: &format!("client-{i}"), resume: OptIn::Absent, presence: None })
             );
             assert_eq!(parser.parse(b"{").map(|r| r.kind), Err(ErrorCode::InvalidJson));
         }
     }
 
     #[test]
+    fn presence_fields() {
+        for (text, mode) in [("full", Presence::Full), ("delta", Presence::Delta), (" none ", Presence::None)]
+        {
+            let json = format!(r#"{{"cmd":"sId","sId":"a","presence":"{text}"}}"#);
+            assert_eq!(
+                parse(&json),
+                Ok(Command::Register { sid: "a", resume: OptIn::Absent, presence: Some(mode) }),
+                "{text}"
+            );
+        }
+        for other in [r#""Delta""#, r#""""#, "1", "true", "null", r#"["delta"]"#, r#"{"delta":1}"#] {
+            let json = format!(r#"{{"cmd":"sId","sId":"a","presence":{other}}}"#);
+            assert_eq!(parse(&json), Err(ErrorCode::InvalidField), "{other}");
+        }
+        // Only registrations read it.
+        assert!(parse(r#"{"cmd":"session","opponentId":"b","presence":7}"#).is_ok());
+    }
+
+    #[test]
     fn resume_fields() {
         let yes = parse(r#"{"cmd":"sId","sId":"a","resume":true}"#);
-        assert_eq!(yes, Ok(Command::Register { sid: "a", resume: OptIn::Yes }));
+        assert_eq!(yes, Ok(Command::Register { sid: "a", resume: OptIn::Yes, presence: None }));
         for other in ["false", "1", "\"true\"", "null", "{}"] {
             let json = format!(r#"{{"cmd":"sId","sId":"a","resume":{other}}}"#);
-            assert_eq!(parse(&json), Ok(Command::Register { sid: "a", resume: OptIn::Invalid }), "{other}");
+            assert_eq!(
+                parse(&json),
+                Ok(Command::Register { sid: "a", resume: OptIn::Invalid, presence: None }),
+                "{other}"
+            );
         }
         let ok = parse(r#"{"cmd":"resume","sId":" a ","resumeToken":"T","received":7}"#);
         assert_eq!(ok, Ok(Command::Resume { sid: "a", token: "T", received: 7 }));

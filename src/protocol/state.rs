@@ -31,3 +31,30 @@ impl SessionState {
         self as u8
     }
 }
+
+/// How a client wants the client list (PROTOCOL.md, *Presence modes*).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Presence {
+    /// `clu` with the whole list on every change: the base protocol.
+    #[default]
+    Full,
+    /// A snapshot with a revision, then `cld` changes from the revision last given.
+    Delta,
+    /// No list messages at all.
+    None,
+}
+
+impl Presence {
+    /// The field's value on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Presence::Full => "full",
+            Presence::Delta => "delta",
+            Presence::None => "none",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Presence> {
+        [Presence::Full, Presence::Delta, Presence::None].into_iter().find(|mode| mode.name() == name)
+    }
+}

@@ -32,6 +32,8 @@ mod registry;
 mod resume;
 #[cfg(test)]
 mod resume_tests;
+#[cfg(test)]
+mod rooms_tests;
 mod sessions;
 #[cfg(test)]
 mod tests;
@@ -42,13 +44,15 @@ use std::rc::Rc;
 use std::time::Instant;
 
 pub use crate::protocol::SessionState;
-pub use client_list::ClientListPacing;
+pub use client_list::{ClientListPacing, LOG_MAX_BYTES, LOG_MAX_CHANGES};
 pub use outbox::{ConnId, Delivery, ListDelivery, MemoryOutbox, Outbox};
-pub use registry::ClientId;
+pub use registry::{ClientId, RoomId};
 pub use resume::{ResumePolicy, TOKEN_CHARS};
 
-use crate::protocol::{Command, CommandKind, ErrorCode, OptIn, Parser, RawJson, Relay, SessionId, encode};
-use client_list::ClientList;
+use crate::protocol::{
+    Command, CommandKind, ErrorCode, OptIn, Parser, Presence, RawJson, Relay, SessionId, encode,
+};
+use client_list::{Change, ClientLists, GONE};
 use registry::{Link, Registry};
 use resume::{Resumable, Token};
 use sessions::Sessions;
@@ -63,8 +67,17 @@ pub struct CoreStats {
     pub sessions_new: usize,
     pub sessions_pending: usize,
     pub sessions_active: usize,
+    /// List messages handed to the transport: `clu` snapshots and `cld` changes.
     pub client_lists_sent: u64,
     pub client_list_bytes: u64,
+    /// Of those, `cld` messages.
+    pub client_list_changes_sent: u64,
+    /// Changes kept in the rooms' logs, for delta clients that are behind.
+    pub client_list_changes_kept: usize,
+    /// Rooms with at least one registered client, the default room included.
+    pub rooms: usize,
+    /// Registered clients of the largest room.
+    pub largest_room: usize,
 }
 
 /// What the core has been asked and has answered, since it started.
@@ -100,8 +113,10 @@ enum Handover {
 pub struct Signaling {
     registry: Registry,
     sessions: Sessions,
-    client_list: ClientList,
+    client_lists: ClientLists,
     resume: ResumePolicy,
+    /// Registered clients a room may hold; 0: no bound.
+    max_room_clients: usize,
     /// Away clients by the time they left and the order of their losses, oldest first (the
     /// grace is the same for all, so this is also the order their graces end). One entry
     /// per away client: it goes when the client comes back or is gone.
@@ -118,8 +133,16 @@ pub struct Signaling {
     scratch: Vec<u8>,
     random: Box<dyn FnMut() -> u64>,
     counters: CoreCounters,
-    /// Connections that may register only one sId (token auth), until they disconnect.
-    restricted: HashMap<ConnId, Box<str>>,
+    /// What the upgrade decided for connections that have not registered yet: their room,
+    /// and the one sId a token lets them take. The default room and no token need no entry.
+    entrances: HashMap<ConnId, Entrance>,
+}
+
+/// A connection's way in, before it registers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Entrance {
+    room: Option<Box<str>>,
+    allowed_sid: Option<Box<str>>,
 }
 
 impl Default for Signaling {
@@ -141,8 +164,9 @@ impl Signaling {
         Signaling {
             registry: Registry::default(),
             sessions: Sessions::default(),
-            client_list: ClientList::new(pacing),
+            client_lists: ClientLists::new(pacing),
             resume: ResumePolicy::OFF,
+            max_room_clients: 0,
             away: BTreeMap::new(),
             losses: 0,
             doomed: Vec::new(),
@@ -150,13 +174,19 @@ impl Signaling {
             scratch: Vec::with_capacity(256),
             random,
             counters: CoreCounters::default(),
-            restricted: HashMap::new(),
+            entrances: HashMap::new(),
         }
     }
 
     /// Turns resume on (a grace of zero keeps it off).
     pub fn with_resume(mut self, policy: ResumePolicy) -> Self {
         self.resume = policy;
+        self
+    }
+
+    /// Bounds the registered clients of each room (0: no bound); past it, 9105.
+    pub fn with_max_room_clients(mut self, max: usize) -> Self {
+        self.max_room_clients = max;
         self
     }
 
@@ -173,8 +203,12 @@ impl Signaling {
             sessions_new: in_state(SessionState::New),
             sessions_pending: in_state(SessionState::Pending),
             sessions_active: in_state(SessionState::Active),
-            client_lists_sent: self.client_list.lists_sent,
-            client_list_bytes: self.client_list.bytes_sent,
+            client_lists_sent: self.client_lists.lists_sent,
+            client_list_bytes: self.client_lists.bytes_sent,
+            client_list_changes_sent: self.client_lists.changes_sent,
+            client_list_changes_kept: self.registry.rooms().map(|(_, room)| room.list.logged()).sum(),
+            rooms: self.registry.rooms().filter(|(_, room)| room.len() > 0).count(),
+            largest_room: self.registry.rooms().map(|(_, room)| room.len()).max().unwrap_or(0),
         }
     }
 
@@ -183,9 +217,10 @@ impl Signaling {
     /// are CALLING in it, connections and clients point at each other, and no away client
     /// holds more than the bound. For tests (including property tests); cost is O(clients).
     pub fn check_invariants(&self) -> Result<(), String> {
+        self.registry.check_rooms()?;
         let mut calling = 0;
         for (id, client) in self.registry.entries() {
-            if self.registry.find(&client.sid) != Some(id) {
+            if self.registry.find(client.room, &client.sid) != Some(id) {
                 return Err(format!("sId {:?} does not map back to its client", client.sid));
             }
             match client.link {
@@ -220,6 +255,10 @@ impl Signaling {
                 if session.opponent_of(id).is_none() {
                     return Err(format!("{:?} is not a member of its session", client.sid));
                 }
+                let opponent = session.opponent_of(id).and_then(|other| self.registry.get(other));
+                if opponent.is_some_and(|other| other.room != client.room) {
+                    return Err(format!("{:?} is in a session across rooms", client.sid));
+                }
             }
         }
         for (_, generation, id) in self.registry.attachments() {
@@ -230,6 +269,11 @@ impl Signaling {
         }
         if self.registry.entries().count() != self.registry.len() {
             return Err("registration order and sId index disagree".into());
+        }
+        for client in self.registry.clients() {
+            if self.registry.room(client.room).is_none_or(|room| client.list_rev > room.list.rev) {
+                return Err(format!("{:?} was given a revision its room has not reached", client.sid));
+            }
         }
         for (key, session) in self.sessions.iter() {
             let [a, b] = session.members;
@@ -259,9 +303,22 @@ impl Signaling {
         self.registry.get(id).map(|client| &*client.sid)
     }
 
-    /// Whether a client named `sid` is registered (attached or away).
-    pub fn is_registered(&self, sid: &str) -> bool {
-        self.registry.find(sid).is_some()
+    /// Whether a client named `sid` is registered (attached or away) in the room called
+    /// `room` (`None`: the default room).
+    pub fn is_registered(&self, room: Option<&str>, sid: &str) -> bool {
+        self.registry.room_named(room).and_then(|room| self.registry.find(room, sid)).is_some()
+    }
+
+    /// The room `conn`'s client is in, or the room it will register in.
+    fn room_of(&self, conn: ConnId) -> Option<RoomId> {
+        match self.registry.client_of(conn).and_then(|id| self.registry.get(id)) {
+            Some(client) => Some(client.room),
+            None => self.registry.room_named(self.entrance_room(conn)),
+        }
+    }
+
+    fn entrance_room(&self, conn: ConnId) -> Option<&str> {
+        self.entrances.get(&conn).and_then(|entrance| entrance.room.as_deref())
     }
 
     /// Handles one complete message (text or binary) from `from`.
@@ -289,9 +346,24 @@ impl Signaling {
         self.bury_doomed(now, out);
     }
 
-    /// Lets `conn` register only `sid` (its auth token names it); any other gets 9103.
-    pub fn restrict_sid(&mut self, conn: ConnId, sid: &str) {
-        self.restricted.insert(conn, sid.into());
+    /// Lets `conn` in: into the room called `room` (`None`: the default room), and, when
+    /// its auth token names one, for the one sId `allowed_sid` (any other gets 9103). Call
+    /// it when the upgrade is done, before the connection's first message.
+    pub fn admit(&mut self, conn: ConnId, room: Option<&str>, allowed_sid: Option<&str>) {
+        let entrance = Entrance { room: room.map(Box::from), allowed_sid: allowed_sid.map(Box::from) };
+        if entrance == Entrance::default() {
+            self.entrances.remove(&conn);
+        } else {
+            self.entrances.insert(conn, entrance);
+        }
+    }
+
+    /// Whether `conn`'s token forbids it to take `sid`.
+    fn forbids(&self, conn: ConnId, sid: &str) -> bool {
+        self.entrances
+            .get(&conn)
+            .and_then(|entrance| entrance.allowed_sid.as_deref())
+            .is_some_and(|allowed| allowed != sid)
     }
 
     /// Answers `to` with error `code` for a command the transport refused before it reached
@@ -331,7 +403,9 @@ impl Signaling {
         out: &mut dyn Outbox,
     ) -> Result<(), ErrorCode> {
         match command {
-            Command::Register { sid, resume } => self.register(from, sid, resume, now, out),
+            Command::Register { sid, resume, presence } => {
+                self.register(from, sid, resume, presence, now, out)
+            }
             Command::Resume { sid, token, received } => {
                 let result = self.take_over(from, sid, token, received, now, out);
                 if result == Err(ErrorCode::ResumeRefused) {
@@ -354,6 +428,7 @@ impl Signaling {
         from: ConnId,
         sid: &str,
         resume: OptIn,
+        presence: Option<Presence>,
         now: Instant,
         out: &mut dyn Outbox,
     ) -> Result<(), ErrorCode> {
@@ -365,29 +440,67 @@ impl Signaling {
         if self.registry.client_of(from).is_some() {
             return Err(ErrorCode::AlreadyRegistered);
         }
-        if self.restricted.get(&from).is_some_and(|allowed| **allowed != *sid) {
+        if self.forbids(from, sid) {
             return Err(ErrorCode::SidNotAllowed);
         }
-        if self.registry.find(sid).is_some() {
+        let room = self.registry.room_named(self.entrance_room(from));
+        if room.is_some_and(|room| self.registry.find(room, sid).is_some()) {
             return Err(ErrorCode::SidTaken);
         }
-        let id = self.registry.insert(from, sid);
+        let members = room.and_then(|room| self.registry.room(room)).map_or(0, |room| room.len());
+        if self.max_room_clients != 0 && members >= self.max_room_clients {
+            return Err(ErrorCode::RoomFull);
+        }
+        let entrance = self.entrances.remove(&from).unwrap_or_default();
+        let id = self.registry.insert(from, entrance.room.as_deref(), sid, presence.unwrap_or_default());
         let token = resumable.then(|| Token::new(&mut *self.random));
         if let Some(client) = self.registry.get_mut(id) {
             self.scratch.clear();
-            match &token {
-                Some(token) => {
-                    encode::registered_resumable(&mut self.scratch, &client.sid_json, token.as_str())
-                }
-                None => encode::registered(&mut self.scratch, &client.sid_json),
-            }
+            encode::registered(
+                &mut self.scratch,
+                &client.sid_json,
+                presence,
+                token.as_ref().map(Token::as_str),
+            );
             out.send(from, &self.scratch);
             if let Some(token) = token {
                 client.resume = Some(Box::new(Resumable::new(token, out.messages_queued(from))));
             }
         }
-        self.client_list.changed(now, self.registry.len());
+        self.list_changed(&[id], true, now);
         Ok(())
+    }
+
+    /// The entries of `clients` (all of one room) in their room's list changed to their
+    /// current state (their registration when `joined`): one event, one new revision, and
+    /// the room's WAIT clients are owed it.
+    fn list_changed(&mut self, clients: &[ClientId], joined: bool, now: Instant) {
+        let mut changes: smallvec::SmallVec<[Change; 2]> = smallvec::SmallVec::new();
+        let mut room = None;
+        for client in clients.iter().filter_map(|&id| self.registry.get(id)) {
+            room = Some(client.room);
+            changes.push(Change {
+                order: client.order,
+                sid: client.sid_json.clone(),
+                state: client.state().code(),
+                joined,
+            });
+        }
+        if let Some(room) = room {
+            self.room_changed(room, changes, now);
+        }
+    }
+
+    fn room_changed(&mut self, id: RoomId, changes: impl IntoIterator<Item = Change>, now: Instant) {
+        let registered = self.registry.len();
+        let Some(room) = self.registry.room_mut(id) else { return };
+        if room.listeners == 0 {
+            // Nobody to tell, and a client that starts listening starts with a snapshot.
+            room.list.bump();
+            return;
+        }
+        room.list.record(changes);
+        self.client_lists.owe(id, &mut room.list, now, registered);
     }
 
     /// `resume`: the connection `from` takes over the client `sid` (PROTOCOL.md, *Resume*).
@@ -405,10 +518,11 @@ impl Signaling {
             return Err(ErrorCode::AlreadyRegistered);
         }
         let refused = ErrorCode::ResumeRefused;
-        if !self.resume.enabled() || self.restricted.get(&from).is_some_and(|allowed| **allowed != *sid) {
+        if !self.resume.enabled() || self.forbids(from, sid) {
             return Err(refused);
         }
-        let id = self.registry.find(sid).ok_or(refused)?;
+        let room = self.room_of(from).ok_or(refused)?;
+        let id = self.registry.find(room, sid).ok_or(refused)?;
         let client = self.registry.get_mut(id).ok_or(refused)?;
         let log = client.resume.as_mut().ok_or(refused)?;
         // The token is checked first and on its own: a wrong one learns nothing from the
@@ -431,10 +545,9 @@ impl Signaling {
         let previous = client.link;
         self.scratch.clear();
         encode::resumed(&mut self.scratch, &client.sid_json, fresh.as_str());
+        // Lists are not replayed: whatever it held, it starts again from a snapshot.
+        client.list_rev = 0;
         let in_wait = client.session.is_none();
-        if in_wait {
-            client.list_seen = 0;
-        }
         match previous {
             Link::Attached(old) => {
                 self.registry.detach(id, now);
@@ -445,6 +558,7 @@ impl Signaling {
             }
         }
         self.registry.attach(id, from);
+        self.entrances.remove(&from);
         // Past the cap if need be: the token is spent, this reply must go out.
         out.resend(from, &self.scratch);
         let base = out.messages_queued(from);
@@ -455,7 +569,10 @@ impl Signaling {
             deliver(&mut self.registry, &self.resume, &mut self.doomed, id, message, Handover::Resend, out);
         }
         if in_wait {
-            self.client_list.owe_one(now, self.registry.len());
+            let registered = self.registry.len();
+            if let Some(members) = self.registry.room_mut(room) {
+                self.client_lists.owe(room, &mut members.list, now, registered);
+            }
         }
         self.counters.resumes += 1;
         Ok(())
@@ -473,7 +590,7 @@ impl Signaling {
         if *me.sid == *opponent_id {
             return Err(ErrorCode::SessionWithSelf);
         }
-        let opponent = self.registry.find(opponent_id).ok_or(ErrorCode::OpponentNotFound)?;
+        let opponent = self.registry.find(me.room, opponent_id).ok_or(ErrorCode::OpponentNotFound)?;
         if me.session.is_some() {
             return Err(ErrorCode::AlreadyInSession);
         }
@@ -490,7 +607,7 @@ impl Signaling {
         encode::session_opened(&mut self.scratch, key);
         self.deliver(me_id, Handover::Send, out);
         self.announce_state(key, [me_id, opponent], SessionState::New, out);
-        self.client_list.changed(now, self.registry.len());
+        self.list_changed(&[me_id, opponent], false, now);
         Ok(())
     }
 
@@ -552,7 +669,7 @@ impl Signaling {
         if *me.sid == *opponent_id {
             return Err(ErrorCode::NotifySelf);
         }
-        let target = self.registry.find(opponent_id).ok_or(ErrorCode::NotifyTargetNotFound)?;
+        let target = self.registry.find(me.room, opponent_id).ok_or(ErrorCode::NotifyTargetNotFound)?;
         self.scratch.clear();
         encode::notification(&mut self.scratch, &me.sid_json, notify_type, data);
         // notify promises no delivery: a target on its way out, or too far behind, misses it.
@@ -565,7 +682,7 @@ impl Signaling {
     /// Connections that carry no client are ignored, so calling this for every closed
     /// connection is fine.
     pub fn disconnect(&mut self, conn: ConnId, now: Instant, out: &mut dyn Outbox) {
-        self.restricted.remove(&conn);
+        self.entrances.remove(&conn);
         if let Some(id) = self.registry.client_of(conn) {
             self.depart(id, now, out);
         }
@@ -583,7 +700,7 @@ impl Signaling {
             .filter(|&id| self.resume.enabled() && self.registry.get(id).is_some_and(|c| c.resume.is_some()));
         match resumable {
             Some(id) if self.away.len() < self.resume.max_away => {
-                self.restricted.remove(&conn);
+                self.entrances.remove(&conn);
                 self.registry.detach(id, now);
                 let order = self.losses;
                 self.losses += 1;
@@ -609,6 +726,13 @@ impl Signaling {
     /// Removes `id` and tells its opponent.
     fn depart(&mut self, id: ClientId, now: Instant, out: &mut dyn Outbox) {
         let Some(client) = self.registry.remove(id) else { return };
+        let mut changes: smallvec::SmallVec<[Change; 2]> = smallvec::SmallVec::new();
+        changes.push(Change {
+            order: client.order,
+            sid: client.sid_json.clone(),
+            state: GONE,
+            joined: false,
+        });
         if let (Link::Away { since }, Some(log)) = (client.link, &client.resume) {
             self.away.remove(&(since, log.away_order));
         }
@@ -625,8 +749,17 @@ impl Signaling {
             self.scratch.clear();
             encode::session_state(&mut self.scratch, key, SessionState::Closed);
             self.deliver(opponent, Handover::Send, out);
+            if let Some(opponent) = self.registry.get(opponent) {
+                let state = opponent.state().code();
+                changes.push(Change {
+                    order: opponent.order,
+                    sid: opponent.sid_json.clone(),
+                    state,
+                    joined: false,
+                });
+            }
         }
-        self.client_list.changed(now, self.registry.len());
+        self.room_changed(client.room, changes, now);
     }
 
     /// Away clients that held too much are gone now (and telling their opponents may make
@@ -648,7 +781,7 @@ impl Signaling {
             }
         }
         self.announce_state(key, members, SessionState::Closed, out);
-        self.client_list.changed(now, self.registry.len());
+        self.list_changed(&members, false, now);
     }
 
     fn announce_state(
@@ -700,72 +833,203 @@ impl Signaling {
     /// When [`poll_client_list`](Signaling::poll_client_list) has work next: `None` while
     /// nothing is owed; a time already past while a round is under way.
     pub fn client_list_due(&self) -> Option<Instant> {
-        match &self.client_list.round {
+        match &self.client_lists.round {
             Some(round) => Some(round.started),
-            None => self.client_list.due,
+            None => self.client_lists.due,
         }
     }
 
     /// Delivers owed client lists, within the pacing budget. Returns when to call again
     /// (`now` or earlier: at once, a round is under way), or `None` while nothing is owed.
     pub fn poll_client_list(&mut self, now: Instant, out: &mut dyn Outbox) -> Option<Instant> {
-        if !self.client_list.start_round_if_due(now) {
-            return self.client_list.due;
-        }
-        let list = &mut self.client_list;
-        if list.encoded_version != Some(list.version) {
-            list.scratch.clear();
-            encode::client_list(
-                &mut list.scratch,
-                self.registry.clients().map(|client| (&client.sid_json, client.state())),
-            );
-            list.encoded = Rc::from(list.scratch.as_slice());
-            list.encoded_version = Some(list.version);
-        }
-        let registered = self.registry.len();
-        let ClientList { pacing, version, encoded, round, lists_sent, bytes_sent, .. } = list;
-        let Some(round) = round.as_mut() else { return self.client_list.due };
-        let mut budget = pacing.bytes_per_poll;
-        let mut finished = true;
-        self.registry.walk_from(round.cursor, |order, client| {
-            if budget == 0 {
-                round.cursor = order;
-                finished = false;
-                return ControlFlow::Break(());
+        let registry = &mut self.registry;
+        if !self.client_lists.start_round_if_due(now, |room| {
+            if let Some(room) = registry.room_mut(room) {
+                room.list.dirty = false;
             }
-            // An away client is given the list when it resumes.
-            if let (None, Link::Attached(conn)) = (client.session, client.link)
-                && client.list_seen < *version
-            {
-                // A resumable client counts lists: they must stay where they were queued.
-                let delivery = match client.resume {
-                    Some(_) => out.send_client_list_in_order(conn, encoded),
-                    None => out.send_client_list(conn, encoded),
-                };
-                match delivery {
-                    ListDelivery::Queued => {
-                        client.list_seen = *version;
-                        if let Some(log) = client.resume.as_mut() {
-                            log.record_list();
-                        }
-                        round.bytes += encoded.len() as u64;
-                        *lists_sent += 1;
-                        *bytes_sent += encoded.len() as u64;
-                        budget = budget.saturating_sub(encoded.len());
+        }) {
+            return self.client_lists.due;
+        }
+        let mut budget = self.client_lists.pacing.bytes_per_poll;
+        let next_room = |lists: &ClientLists| {
+            let round = lists.round.as_ref()?;
+            Some((*round.rooms.get(round.room_at)?, round.cursor))
+        };
+        while let Some((room, cursor)) = next_room(&self.client_lists) {
+            match self.serve_room(room, cursor, &mut budget, out) {
+                ControlFlow::Break(at) => {
+                    if let Some(round) = self.client_lists.round.as_mut() {
+                        round.cursor = at;
                     }
-                    ListDelivery::Busy => round.skipped = true,
-                    // On its way out: its departure will change the list anyway.
-                    ListDelivery::Gone => {}
+                    return Some(now);
+                }
+                ControlFlow::Continue(()) => {
+                    let Some(round) = self.client_lists.round.as_mut() else { break };
+                    let oldest_base = round.oldest_base.take();
+                    round.room_at += 1;
+                    round.cursor = 0;
+                    if let Some(members) = self.registry.room_mut(room) {
+                        match oldest_base {
+                            Some(base) => members.list.trim_through(base),
+                            // No delta client builds on any revision: none needs the log.
+                            None => members.list.forget_history(),
+                        }
+                    }
                 }
             }
-            ControlFlow::Continue(())
-        });
-        if !finished {
-            return Some(now);
         }
-        self.client_list.finish_round(now, registered);
-        self.client_list.due
+        self.client_lists.finish_round(now, self.registry.len());
+        self.client_lists.due
     }
+
+    /// Serves the owed clients of `room` from registration-order position `cursor`, while
+    /// `budget` lasts. Breaks with the position to continue from when it runs out.
+    fn serve_room(
+        &mut self,
+        room: RoomId,
+        cursor: u64,
+        budget: &mut usize,
+        out: &mut dyn Outbox,
+    ) -> ControlFlow<u64> {
+        /// Clients looked at per batch: a batch is gathered, then served.
+        const BATCH: usize = 256;
+        let mut from = cursor;
+        loop {
+            let Some(rev) = self.registry.room(room).map(|members| members.list.rev) else {
+                return ControlFlow::Continue(());
+            };
+            let mut owed = std::mem::take(&mut self.client_lists.owed);
+            owed.clear();
+            let mut next = None;
+            let mut oldest_base: Option<u64> = None;
+            self.registry.walk_from(room, from, |order, id, client| {
+                if owed.len() == BATCH {
+                    next = Some(order);
+                    return ControlFlow::Break(());
+                }
+                // The oldest revision a delta client may still want changes from; an
+                // away client starts again from a snapshot.
+                if client.presence == Presence::Delta && client.list_rev != 0 && client.conn().is_some() {
+                    oldest_base = Some(oldest_base.map_or(client.list_rev, |base| base.min(client.list_rev)));
+                }
+                if client.presence != Presence::None
+                    && client.session.is_none()
+                    && client.conn().is_some()
+                    && client.list_rev < rev
+                {
+                    owed.push((order, id));
+                }
+                ControlFlow::Continue(())
+            });
+            if let (Some(round), Some(base)) = (self.client_lists.round.as_mut(), oldest_base) {
+                round.oldest_base = Some(round.oldest_base.map_or(base, |oldest| oldest.min(base)));
+            }
+            for &(order, id) in &owed {
+                if *budget == 0 {
+                    // Not served yet: the next call starts here, and looks at it again.
+                    self.client_lists.owed = owed;
+                    return ControlFlow::Break(order);
+                }
+                self.serve_client(room, id, budget, out);
+            }
+            self.client_lists.owed = owed;
+            match next {
+                Some(order) => from = order,
+                None => return ControlFlow::Continue(()),
+            }
+        }
+    }
+
+    /// Offers client `id` of `room` the list message it is owed.
+    fn serve_client(&mut self, room: RoomId, id: ClientId, budget: &mut usize, out: &mut dyn Outbox) {
+        let Some(client) = self.registry.get(id) else { return };
+        let (presence, base, conn, counting) = match client.conn() {
+            Some(conn) => (client.presence, client.list_rev, conn, client.resume.is_some()),
+            None => return,
+        };
+        let Some(message) = self.list_message(room, presence, base) else { return };
+        let ListMessage { bytes: message, is_changes } = message;
+        let rev = self.registry.room(room).map_or(0, |members| members.list.rev);
+        // A client that counts its messages (resume), or that builds on the revision it was
+        // given (delta), must get its lists where and as they were queued: never withdrawn.
+        let delivery = if counting || presence == Presence::Delta {
+            out.send_client_list_in_order(conn, &message)
+        } else {
+            out.send_client_list(conn, &message)
+        };
+        match delivery {
+            ListDelivery::Queued => {
+                if let Some(client) = self.registry.get_mut(id) {
+                    client.list_rev = rev;
+                    if let Some(log) = client.resume.as_mut() {
+                        log.record_list();
+                    }
+                }
+                let lists = &mut self.client_lists;
+                lists.lists_sent += 1;
+                lists.changes_sent += u64::from(is_changes);
+                lists.bytes_sent += message.len() as u64;
+                if let Some(round) = lists.round.as_mut() {
+                    round.bytes += message.len() as u64;
+                }
+                *budget = budget.saturating_sub(message.len());
+            }
+            ListDelivery::Busy => {
+                if let Some(round) = self.client_lists.round.as_mut() {
+                    round.skipped = true;
+                }
+                // Offered again in a later round, from the revision it really got.
+                if let Some(members) = self.registry.room_mut(room)
+                    && !members.list.dirty
+                {
+                    members.list.dirty = true;
+                    self.client_lists.dirty.push(room);
+                }
+            }
+            // On its way out: its departure will change the list anyway.
+            ListDelivery::Gone => {}
+        }
+    }
+
+    /// The list message for a client of `room` in mode `presence` that was last given
+    /// revision `base`, composed once per revision and shared.
+    fn list_message(&mut self, room: RoomId, presence: Presence, base: u64) -> Option<ListMessage> {
+        let members = self.registry.room(room)?;
+        let snapshot_len = encode::client_list_len(Some(members.list.rev), members.len(), members.sid_bytes);
+        let entries = |registry: &Registry, out: &mut Vec<u8>, rev: Option<u64>| {
+            encode::client_list(
+                out,
+                rev,
+                registry.clients_in(room).map(|client| (&client.sid_json, client.state())),
+            );
+        };
+        let mut list = std::mem::take(&mut self.registry.room_mut(room)?.list);
+        let rev = list.rev;
+        let message = match presence {
+            Presence::None => None,
+            Presence::Full => Some(ListMessage {
+                bytes: list.full_list(|out| entries(&self.registry, out, None)),
+                is_changes: false,
+            }),
+            Presence::Delta => match list.changes_since(base, snapshot_len, &mut self.client_lists.scratch) {
+                Some(changes) => Some(ListMessage { bytes: changes, is_changes: true }),
+                None => Some(ListMessage {
+                    bytes: list.snapshot(|out| entries(&self.registry, out, Some(rev))),
+                    is_changes: false,
+                }),
+            },
+        };
+        if let Some(members) = self.registry.room_mut(room) {
+            members.list = list;
+        }
+        message
+    }
+}
+
+/// A list message for one client: shared bytes, and whether they are changes (`cld`).
+struct ListMessage {
+    bytes: Rc<[u8]>,
+    is_changes: bool,
 }
 
 /// Gives `message` to client `to`: to its connection (numbered and kept, if it can

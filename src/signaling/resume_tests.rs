@@ -146,7 +146,7 @@ fn with_resume_off_no_token_is_given_the_field_is_ignored_and_every_resume_is_re
     net.poll();
     // Lost is gone when resume is off.
     net.lose(conn(1));
-    assert!(!net.core.is_registered("a"));
+    assert!(!net.core.is_registered(None, "a"));
     assert_refused(&net.resume(conn(3), "b", "AAAAAAAAAAAAAAAAAAAAAA", 0), conn(3));
 }
 
@@ -156,7 +156,7 @@ fn a_lost_connection_leaves_the_client_away_and_its_peer_told_nothing() {
     let (a, b) = (conn(1), conn(2));
     let (_, _, session) = net.pair(a, b);
     assert_eq!(net.lose(a), []);
-    assert!(net.core.is_registered("alice"));
+    assert!(net.core.is_registered(None, "alice"));
     assert_eq!(net.core.stats().away, 1);
     assert_eq!(net.core.stats().sessions, 1);
     // A relay to the away client is held: no 9401, no ssu.
@@ -196,7 +196,7 @@ fn resume_replays_what_was_held_in_order_then_counting_restarts() {
     // The grace that was running is over for good.
     net.at(30.0);
     assert_eq!(net.poll(), []);
-    assert!(net.core.is_registered("alice"));
+    assert!(net.core.is_registered(None, "alice"));
     // Counting restarted after the resume reply: the three replayed messages and the one
     // after are 1-4, and a new loss replays from there.
     net.lose(fresh);
@@ -257,7 +257,7 @@ fn an_acknowledgement_frees_what_it_covers_and_a_count_below_it_is_refused() {
         [&(conn(3), ErrorCode::ResumeRefused.message().to_owned())]
     );
     assert_eq!(cmds(&texts_for(&sent, b)), ["leave", "ssu"]);
-    assert!(!net.core.is_registered("alice"));
+    assert!(!net.core.is_registered(None, "alice"));
     net.register(conn(3), "alice");
 }
 
@@ -287,7 +287,7 @@ fn the_grace_running_out_makes_the_client_gone_and_its_peer_gets_leave() {
     assert_eq!(json(&peer[0]).get_str("opponentId"), Some("alice"));
     assert_eq!(json(&peer[0]).get_str("sessionId"), Some(session.as_str()));
     assert_eq!(json(&peer[1]).get_u64("state"), Some(4));
-    assert!(!net.core.is_registered("alice"));
+    assert!(!net.core.is_registered(None, "alice"));
     assert_eq!(net.core.counters().graces_expired, 1);
     assert_refused(&net.resume(conn(3), "alice", &token, 2), conn(3));
     // The sId is free again.
@@ -301,7 +301,7 @@ fn a_close_frame_is_gone_at_once_even_for_a_resumable_client() {
     let (token, _, _) = net.pair(a, b);
     let sent = net.close(a);
     assert_eq!(cmds(&texts_for(&sent, b)), ["leave", "ssu"]);
-    assert!(!net.core.is_registered("alice"));
+    assert!(!net.core.is_registered(None, "alice"));
     assert_refused(&net.resume(conn(3), "alice", &token, 2), conn(3));
 }
 
@@ -314,7 +314,7 @@ fn a_client_that_did_not_opt_in_is_gone_when_its_connection_is_lost() {
     net.send(a, r#"{"cmd":"session","opponentId":"bob"}"#);
     let sent = net.lose(a);
     assert_eq!(cmds(&texts_for(&sent, b)), ["leave", "ssu"]);
-    assert!(!net.core.is_registered("alice"));
+    assert!(!net.core.is_registered(None, "alice"));
 }
 
 #[test]
@@ -346,9 +346,9 @@ fn a_registered_connection_cannot_resume_and_a_restricted_one_only_its_own_sid()
     net.lose(a);
     let sent = net.resume(b, "alice", &token, 2);
     assert_eq!(sent, [(b, ErrorCode::AlreadyRegistered.message().to_owned())]);
-    net.core.restrict_sid(conn(3), "mallory");
+    net.core.admit(conn(3), None, Some("mallory"));
     assert_refused(&net.resume(conn(3), "alice", &token, 2), conn(3));
-    net.core.restrict_sid(conn(4), "alice");
+    net.core.admit(conn(4), None, Some("alice"));
     assert_eq!(cmds(&texts_for(&net.resume(conn(4), "alice", &token, 2), conn(4))), ["resume"]);
 }
 
@@ -364,7 +364,7 @@ fn a_resume_while_the_old_connection_is_open_takes_it_over() {
     // The old connection's end, when the transport reports it, changes nothing.
     assert_eq!(net.lose(a), []);
     assert_eq!(net.close(a), []);
-    assert!(net.core.is_registered("alice"));
+    assert!(net.core.is_registered(None, "alice"));
     assert_eq!(ice_numbers(&texts_for(&net.ice(b, &session, 2), newer)), [2]);
 }
 
@@ -388,7 +388,7 @@ fn held_output_past_the_cap_makes_the_client_gone_at_once() {
     // The relay that does not fit: the sender learns the opponent is gone.
     assert_eq!(cmds(&texts_for(&last, b)), ["error", "ssu"]);
     assert_eq!(json(&texts_for(&last, b)[0]).get_u64("code"), Some(9401));
-    assert!(!net.core.is_registered("alice"));
+    assert!(!net.core.is_registered(None, "alice"));
     assert_eq!(net.core.counters().held_over_limit, 1);
     assert_refused(&net.resume(conn(3), "alice", &token, 2), conn(3));
 }
@@ -405,7 +405,7 @@ fn notify_to_an_away_client_past_the_cap_is_dropped_and_the_client_stays() {
     for _ in 0..10 {
         net.send(b, &format!(r#"{{"cmd":"notify","opponentId":"alice","type":"t","data":"{big}"}}"#));
     }
-    assert!(net.core.is_registered("alice"), "a third party cannot make a client gone");
+    assert!(net.core.is_registered(None, "alice"), "a third party cannot make a client gone");
     let sent = net.resume(conn(3), "alice", &token, 2);
     let notes = texts_for(&sent, conn(3)).len() - 1;
     assert!((1..=CAP / 1000).contains(&notes), "{notes} notifications held");
@@ -529,6 +529,6 @@ fn past_max_away_a_lost_connection_is_gone_as_without_resume() {
     net.lose(conn(2));
     net.lose(conn(3));
     assert_eq!(net.core.stats().away, 2);
-    assert!(!net.core.is_registered("c3"));
+    assert!(!net.core.is_registered(None, "c3"));
     assert_refused(&net.resume(conn(9), "c3", &tokens[2], 0), conn(9));
 }

@@ -16,13 +16,70 @@ pub enum Head {
     /// The head is not complete yet.
     Partial,
     /// A valid WebSocket upgrade. `head_len` bytes belong to the request; anything after
-    /// them is already WebSocket data. `echo`: on the echo path. `allowed_sid`: the one sId
-    /// an auth token lets this connection register.
-    Upgrade { response: String, head_len: usize, echo: bool, allowed_sid: Option<String> },
+    /// them is already WebSocket data. `echo`: on the echo path.
+    Upgrade { response: String, head_len: usize, echo: bool, entry: Entry },
     /// Answer with this complete response and close.
     Respond(&'static [u8]),
     /// A plain HTTP request for one of the server's own pages (`HEAD`: no body).
     Page { route: Route, head_only: bool },
+}
+
+/// What the upgrade request decided about the connection's client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// The room named by `?room=`; `None`: the default room.
+    pub room: Option<String>,
+    /// The one sId an auth token lets this connection register.
+    pub allowed_sid: Option<String>,
+}
+
+/// Room names: 1-64 bytes of these (PROTOCOL.md, *Rooms*).
+pub const MAX_ROOM_BYTES: usize = 64;
+
+/// Whether `name` may name a room.
+pub fn is_room_name(name: &str) -> bool {
+    (1..=MAX_ROOM_BYTES).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+}
+
+/// The room a request target's query names: `Ok(None)` for the default room (no `room`,
+/// or an empty one), `Err` for a bad name or a `room` given twice (both answered 400).
+/// The name is checked after percent-decoding.
+pub fn room_in(target: &str) -> Result<Option<String>, ()> {
+    let Some((_, query)) = target.split_once('?') else { return Ok(None) };
+    let mut room = None;
+    for value in
+        query.split('&').filter_map(|pair| pair.strip_prefix("room=").or((pair == "room").then_some("")))
+    {
+        if room.is_some() {
+            return Err(());
+        }
+        room = Some(percent_decode(value).ok_or(())?);
+    }
+    match room {
+        None => Ok(None),
+        Some(name) if name.is_empty() => Ok(None),
+        Some(name) if is_room_name(&name) => Ok(Some(name)),
+        Some(_) => Err(()),
+    }
+}
+
+/// `%XX` escapes decoded; `None` for a broken escape or bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%' {
+            let pair = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
+            out.push(u8::from_str_radix(pair, 16).ok()?);
+            at += 3;
+        } else {
+            out.push(bytes[at]);
+            at += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The plain-HTTP endpoints on the WebSocket port.
@@ -149,11 +206,16 @@ pub fn read_head(buf: &[u8], buf_is_full: bool, policy: &UpgradePolicy<'_>) -> H
     let target = request.path.unwrap_or("/");
     let path = target.split('?').next().unwrap_or(target);
     let echo = policy.echo_path.is_some_and(|echo_path| echo_path == path);
+    let Ok(room) = room_in(target) else { return Head::Respond(BAD_REQUEST) };
     let allowed_sid = match policy.auth_secret {
         Some(secret) if !echo => {
             let Some(token) = crate::auth::token_in(target) else { return Head::Respond(UNAUTHORIZED) };
             match crate::auth::verify(secret, token, policy.now_unix) {
-                Ok(sid) => Some(sid),
+                // A token bound to a room opens that room only.
+                Ok(grant) if grant.room.is_some() && grant.room != room => {
+                    return Head::Respond(UNAUTHORIZED);
+                }
+                Ok(grant) => Some(grant.sid),
                 Err(_) => return Head::Respond(UNAUTHORIZED),
             }
         }
@@ -163,7 +225,7 @@ pub fn read_head(buf: &[u8], buf_is_full: bool, policy: &UpgradePolicy<'_>) -> H
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         derive_accept_key(key.as_bytes())
     );
-    Head::Upgrade { response, head_len, echo, allowed_sid }
+    Head::Upgrade { response, head_len, echo, entry: Entry { room, allowed_sid } }
 }
 
 #[cfg(test)]
@@ -180,7 +242,7 @@ mod tests {
         let mut bytes = UPGRADE.as_bytes().to_vec();
         bytes.extend_from_slice(b"\x81\x80");
         match read_head(&bytes, false, &OPEN) {
-            Head::Upgrade { response, head_len, echo: false, allowed_sid: None } => {
+            Head::Upgrade { response, head_len, echo: false, entry } if entry == Entry::default() => {
                 assert!(response.starts_with("HTTP/1.1 101 "));
                 // The worked example of RFC 6455 section 1.3.
                 assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
@@ -217,20 +279,20 @@ mod tests {
         let policy =
             UpgradePolicy { auth_secret: Some(secret), now_unix: 100, echo_path: Some("/echo"), ..OPEN };
         let at = |target: &str| UPGRADE.replace("GET /any/path?x=1 ", &format!("GET {target} "));
-        let token = crate::auth::mint(secret, "alice", 200);
+        let token = crate::auth::mint(secret, "alice", None, 200);
         match read_head(at(&format!("/?token={token}")).as_bytes(), false, &policy) {
-            Head::Upgrade { allowed_sid, echo: false, .. } => {
-                assert_eq!(allowed_sid.as_deref(), Some("alice"))
+            Head::Upgrade { entry, echo: false, .. } => {
+                assert_eq!(entry.allowed_sid.as_deref(), Some("alice"))
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(read_head(at("/").as_bytes(), false, &policy), Head::Respond(UNAUTHORIZED));
-        let expired = crate::auth::mint(secret, "alice", 100);
+        let expired = crate::auth::mint(secret, "alice", None, 100);
         assert_eq!(
             read_head(at(&format!("/?token={expired}")).as_bytes(), false, &policy),
             Head::Respond(UNAUTHORIZED)
         );
-        let forged = crate::auth::mint(b"some other secret", "alice", 200);
+        let forged = crate::auth::mint(b"some other secret", "alice", None, 200);
         assert_eq!(
             read_head(at(&format!("/?token={forged}")).as_bytes(), false, &policy),
             Head::Respond(UNAUTHORIZED)

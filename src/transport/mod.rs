@@ -23,6 +23,7 @@ mod rate_limit;
 mod server;
 pub mod tls;
 
+pub use http::{MAX_ROOM_BYTES, is_room_name};
 pub use server::{Server, ServerHandle, StartError};
 
 /// The HTTP request-head parser, public only for the fuzz targets in `fuzz/`; not API.

@@ -178,11 +178,13 @@ impl Server {
             waker,
             tls,
             conns: Connections::new(Settings::new(&config, CLOSE_LINGER), now),
-            core: Signaling::new(config.client_list).with_resume(ResumePolicy {
-                grace: config.resume_grace,
-                max_held: config.max_output,
-                max_away: config.max_connections,
-            }),
+            core: Signaling::new(config.client_list)
+                .with_resume(ResumePolicy {
+                    grace: config.resume_grace,
+                    max_held: config.max_output,
+                    max_away: config.max_connections,
+                })
+                .with_max_room_clients(config.max_room_clients),
             admission: Admission::new(config.max_connections, config.max_connections_per_ip),
             config,
             read_again: Vec::new(),
@@ -479,8 +481,9 @@ impl Server {
             // Every event counts, not only messages: a machine can never keep the loop here.
             *budget -= 1;
             match event {
-                Event::Opened { allowed_sid: Some(sid) } => self.core.restrict_sid(id, &sid),
-                Event::Opened { allowed_sid: None } => {}
+                Event::Opened { entry } => {
+                    self.core.admit(id, entry.room.as_deref(), entry.allowed_sid.as_deref())
+                }
                 Event::Message(message) => {
                     self.core.handle_message(id, &message, now, &mut self.conns);
                     self.run_departures(now);

@@ -442,7 +442,7 @@ fn the_first_line_on_stdout_names_the_bound_address() {
 
 /// The flags and defaults documented in `--help`, as (flag, default) pairs.
 /// Flags whose default is a value that can be passed back.
-const FLAGS: [(&str, &str); 16] = [
+const FLAGS: [(&str, &str); 17] = [
     ("--listen", "0.0.0.0:8080"),
     ("--ping-interval", "3"),
     ("--max-message", "65536"),
@@ -459,6 +459,7 @@ const FLAGS: [(&str, &str); 16] = [
     ("--max-connections-per-ip", "1000"),
     ("--echo-max-message", "16777216"),
     ("--resume-grace", "15"),
+    ("--max-room-clients", "0"),
 ];
 
 /// Flags that are off unless given, and what their help says by default.

@@ -7,12 +7,12 @@ use tungstenite::protocol::{Role, WebSocketContext};
 
 use super::output::Output;
 use super::{Close, Event, Settings};
-use crate::transport::http::{self, Head, UpgradePolicy};
+use crate::transport::http::{self, Entry, Head, UpgradePolicy};
 
 /// How a complete request head is answered.
 pub(super) enum Decided {
     Event(Event),
-    Upgrade { ws: Box<WebSocketContext>, echo: bool, allowed_sid: Option<String> },
+    Upgrade { ws: Box<WebSocketContext>, echo: bool, entry: Entry },
 }
 
 /// Reads the HTTP request head; decides once it is complete (or too large).
@@ -46,12 +46,12 @@ pub(super) fn read_head(
                 Some(Decided::Event(Event::Close(Close::Http(Cow::Borrowed(response)))))
             }
             Head::Page { route, head_only } => Some(Decided::Event(Event::Page { route, head_only })),
-            Head::Upgrade { response, head_len, echo, allowed_sid } => {
+            Head::Upgrade { response, head_len, echo, entry } => {
                 out.push_raw(response.as_bytes());
                 let early_frames = head.get(head_len..).unwrap_or_default().to_vec();
                 let config = if echo { settings.echo_ws } else { settings.ws };
                 let ws = WebSocketContext::from_partially_read(early_frames, Role::Server, Some(config));
-                Some(Decided::Upgrade { ws: Box::new(ws), echo, allowed_sid })
+                Some(Decided::Upgrade { ws: Box::new(ws), echo, entry })
             }
         };
     }

@@ -43,7 +43,7 @@ pub use settings::Settings;
 pub use websocket::close_frame;
 pub use wire::{Sink, Wire};
 
-use super::http::{Route, UpgradePolicy};
+use super::http::{Entry, Route, UpgradePolicy};
 use super::rate_limit::RateLimiter;
 use crate::metrics::CloseReason;
 use handshake::{Decided, read_head};
@@ -103,8 +103,8 @@ pub enum Departure {
 /// What the transport must act on.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
-    /// The WebSocket upgrade is done; `allowed_sid` is the one sId a token allows.
-    Opened { allowed_sid: Option<String> },
+    /// The WebSocket upgrade is done, into a room and with what a token allows.
+    Opened { entry: Entry },
     /// A complete message for the core.
     Message(Bytes),
     /// A command over the rate limit: answer it with error 9500.
@@ -285,9 +285,9 @@ impl Connection {
         let event = match phase {
             Phase::Handshake { head, .. } => match read_head(head, &mut input, out, settings, policy) {
                 Some(Decided::Event(event)) => Some(event),
-                Some(Decided::Upgrade { ws, echo, allowed_sid }) => {
+                Some(Decided::Upgrade { ws, echo, entry }) => {
                     *phase = Phase::Open { ws, echo };
-                    Some(Event::Opened { allowed_sid })
+                    Some(Event::Opened { entry })
                 }
                 None => None,
             },

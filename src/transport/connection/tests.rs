@@ -110,7 +110,7 @@ fn feed_with(
 /// A connection accepted at `t0` and upgraded at once, its 101 written out.
 fn open(t0: Instant, settings: &Settings) -> Connection {
     let mut conn = Connection::new(t0, Wire::Plain, settings, FIRST_PING);
-    assert_eq!(feed(&mut conn, UPGRADE, t0, settings), [Event::Opened { allowed_sid: None }]);
+    assert_eq!(feed(&mut conn, UPGRADE, t0, settings), [Event::Opened { entry: Entry::default() }]);
     let mut socket = Socket::open();
     conn.write_to(&mut socket, t0, settings).expect("writes");
     assert!(socket.taken.starts_with(b"HTTP/1.1 101 "));
@@ -168,7 +168,7 @@ fn frames_sent_with_the_upgrade_are_read_after_it() {
     assert_eq!(
         events,
         [
-            Event::Opened { allowed_sid: None },
+            Event::Opened { entry: Entry::default() },
             Event::Message(Bytes::from_static(br#"{"cmd":"sId","sId":"a"}"#)),
             Event::Message(Bytes::from_static(b"2")),
         ]
@@ -179,7 +179,7 @@ fn frames_sent_with_the_upgrade_are_read_after_it() {
 fn a_token_is_checked_against_the_time_passed_in() {
     let settings = settings();
     let secret = b"0123456789abcdef";
-    let token = crate::auth::mint(secret, "alice", 100);
+    let token = crate::auth::mint(secret, "alice", None, 100);
     let head = String::from_utf8_lossy(UPGRADE).replace("GET / ", &format!("GET /?token={token} "));
     let t0 = Instant::now();
     for (now_unix, opened) in [(99, true), (100, false)] {
@@ -187,7 +187,10 @@ fn a_token_is_checked_against_the_time_passed_in() {
         let mut conn = Connection::new(t0, Wire::Plain, &settings, FIRST_PING);
         let events = feed_with(&mut conn, head.as_bytes(), t0, &settings, &policy);
         if opened {
-            assert_eq!(events, [Event::Opened { allowed_sid: Some("alice".into()) }]);
+            assert_eq!(
+                events,
+                [Event::Opened { entry: Entry { allowed_sid: Some("alice".into()), room: None } }]
+            );
         } else {
             assert_eq!(
                 events,
@@ -629,7 +632,7 @@ mod tls {
         client.writer().write_all(UPGRADE).unwrap();
         client.writer().write_all(&text("hello")).unwrap();
         let events = exchange(&mut client, &mut conn, t0, &settings);
-        assert_eq!(events, [Event::Opened { allowed_sid: None }, Event::Message("hello".into())]);
+        assert_eq!(events, [Event::Opened { entry: Entry::default() }, Event::Message("hello".into())]);
         let mut plaintext = vec![0u8; 4096];
         let n = client.reader().read(&mut plaintext).unwrap();
         assert!(plaintext[..n].starts_with(b"HTTP/1.1 101 "));
@@ -660,7 +663,7 @@ mod tls {
         }
         client.writer().write_all(UPGRADE).unwrap();
         let events = exchange(&mut client, &mut conn, t0, settings);
-        assert_eq!(events, [Event::Opened { allowed_sid: None }]);
+        assert_eq!(events, [Event::Opened { entry: Entry::default() }]);
         let mut plaintext = vec![0u8; 4096];
         let n = client.reader().read(&mut plaintext).unwrap();
         assert!(plaintext[..n].starts_with(b"HTTP/1.1 101 "));
