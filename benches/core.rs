@@ -1,5 +1,6 @@
-//! The signaling core without I/O: relaying one icecandidate end to end, and building and
-//! handing out the client list (`clu`) for 100 / 1k / 10k registered clients.
+//! The signaling core without I/O: relaying one icecandidate end to end, building and
+//! handing out the client list (`clu`) for 100 / 1k / 10k registered clients, and the
+//! rounds of changes (`cld`) that 10k delta-presence watchers get for 1 or 500 joins.
 //!
 //! Run with `cargo bench --bench core`.
 
@@ -215,9 +216,59 @@ fn client_list(c: &mut Criterion) {
     group.finish();
 }
 
+/// 10k watchers in delta presence, all WAIT; per iteration `joins` list-free clients join
+/// (one round of changes to every watcher) and leave again (a second round). This is what
+/// a burst costs the core: one message per watcher per round, each covering every join
+/// since the last round, composed once and shared.
+fn delta_rounds(c: &mut Criterion) {
+    const WATCHERS: usize = 10_000;
+    let mut group = c.benchmark_group("cld");
+    for &joins in &[1usize, 500] {
+        let start = Instant::now();
+        let mut now = start;
+        let mut core = Signaling::with_random(one_call_rounds(), test_random());
+        let mut out = CountingOutbox::default();
+        for index in 0..WATCHERS {
+            let register = format!(r#"{{"cmd":"sId","sId":"watcher-{index:05}","presence":"delta"}}"#);
+            core.handle_message(ConnId::new(index as u32, 1), register.as_bytes(), start, &mut out);
+        }
+        assert_eq!(core.poll_client_list(start, &mut out), None);
+        let joiner = |n: usize| ConnId::new((WATCHERS + n) as u32, 1);
+        let mut burst = |core: &mut Signaling, now: &mut Instant, out: &mut CountingOutbox| {
+            for n in 0..joins {
+                let register = format!(r#"{{"cmd":"sId","sId":"joiner-{n:04}","presence":"none"}}"#);
+                core.handle_message(joiner(n), register.as_bytes(), *now, out);
+            }
+            *now += CLOCK_STEP;
+            let joined = core.poll_client_list(*now, out);
+            for n in 0..joins {
+                core.disconnect(joiner(n), *now, out);
+            }
+            *now += CLOCK_STEP;
+            joined.or(core.poll_client_list(*now, out))
+        };
+        let before = core.stats();
+        let mut dry = CountingOutbox::default();
+        assert_eq!(burst(&mut core, &mut now, &mut dry), None, "a round did not finish in one call");
+        let stats = core.stats();
+        let changes = stats.client_list_changes_sent - before.client_list_changes_sent;
+        assert_eq!(changes, 2 * WATCHERS as u64, "one cld per watcher per round");
+        eprintln!(
+            "cld/{joins}: {} bytes handed out to {WATCHERS} watchers for {joins} joins and leaves",
+            stats.client_list_bytes - before.client_list_bytes
+        );
+        group.throughput(Throughput::Elements(2 * WATCHERS as u64));
+        group.bench_function(BenchmarkId::new("10k_watchers_joins", joins), |b| {
+            b.iter(|| burst(&mut core, &mut now, &mut out))
+        });
+        assert!(core.check_invariants().is_ok());
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = relay_icecandidate, client_list
+    targets = relay_icecandidate, client_list, delta_rounds
 }
 criterion_main!(benches);
