@@ -234,7 +234,7 @@ fn delta_rounds(c: &mut Criterion) {
         }
         assert_eq!(core.poll_client_list(start, &mut out), None);
         let joiner = |n: usize| ConnId::new((WATCHERS + n) as u32, 1);
-        let mut burst = |core: &mut Signaling, now: &mut Instant, out: &mut CountingOutbox| {
+        let burst = |core: &mut Signaling, now: &mut Instant, out: &mut CountingOutbox| {
             for n in 0..joins {
                 let register = format!(r#"{{"cmd":"sId","sId":"joiner-{n:04}","presence":"none"}}"#);
                 core.handle_message(joiner(n), register.as_bytes(), *now, out);
